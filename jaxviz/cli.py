@@ -1,0 +1,56 @@
+"""The `jaxviz` command: arguments in, a job call out.
+
+Each subcommand lives in a job module with `add_arguments(parser)` and `run(args) -> int`; only the
+chosen one is imported. Exit codes: 0 done, 2 bad usage or config (one line, no traceback), 1 other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from jaxviz import __version__
+from jaxviz.errors import UsageError
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("jaxviz.jobs.models", "list the zoo: stages, output shapes, receptive fields"),
+    "evaluate": ("jaxviz.jobs.evaluate", "top-1 accuracy of a model on a labelled source"),
+    "filters": ("jaxviz.jobs.filters", "a layer's filters as a tile grid PNG (+ raw .npy)"),
+    "activations": ("jaxviz.jobs.activations", "all channels of a layer for each image"),
+}
+
+
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxviz",
+        description="Visualize and understand CNNs over whole datasets (JAX). "
+        "Every job writes manifest.json, .npy arrays, .png pictures and index.html into --out.",
+    )
+    parser.add_argument("--version", action="version", version=f"jaxviz {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == command:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    try:
+        return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+    except UsageError as e:
+        print(f"jaxviz {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"jaxviz {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

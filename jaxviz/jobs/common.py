@@ -1,0 +1,67 @@
+"""Arguments every job shares (--model, --data, --out, ...) and turning them into objects."""
+
+from __future__ import annotations
+
+import argparse
+
+import jax.numpy as jnp
+
+from jaxviz.models.stage import Model, Params, cast_params
+from jaxviz.models.zoo import load_model, names
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def add_model_args(p: argparse.ArgumentParser, default: str = "demo") -> None:
+    p.add_argument(
+        "--model",
+        default=default,
+        help=f"zoo name ({', '.join(names())}), or NAME=PATH to a checkpoint file "
+        f"(default: {default})",
+    )
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="random weights instead of embedded ones (tests, benchmarks)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for --random-init (default: 0)")
+    p.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="float32",
+        help="compute dtype of forward passes (default: float32)",
+    )
+
+
+def add_data_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument(
+        "--data",
+        default=default,
+        required=default is None,
+        help="a directory (recursive), a text file of paths, a glob, a .npy/.npz of "
+        "uint8 NHWC images, shapes:N[:SEED] (synthetic set), or samples"
+        + (f" (default: {default})" if default else ""),
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many images")
+
+
+def add_out_arg(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--out", default=default, help=f"output folder (default: {default})")
+
+
+def model_from_args(args: argparse.Namespace) -> tuple[Model, Params]:
+    """The model and its params (cast to --dtype) named by the arguments."""
+    model, params = load_model(args.model, random_init=args.random_init, seed=args.seed)
+    if args.dtype != "float32":
+        params = cast_params(params, DTYPES[args.dtype])
+    return model, params
+
+
+def model_config(args: argparse.Namespace) -> dict:
+    return {
+        "model": args.model,
+        "random_init": args.random_init,
+        "seed": args.seed,
+        "dtype": args.dtype,
+    }

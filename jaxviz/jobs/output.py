@@ -1,0 +1,176 @@
+"""The output contract of every job: `--out` holds manifest.json, .npy arrays, .png pictures and
+an index.html linking them. Every write is atomic (temp file in the same folder, then rename)."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Call write(file) on a temp file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    atomic_write(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False))
+
+
+def save_json(path: str | os.PathLike, obj: Any) -> None:
+    data = json.dumps(obj, indent=2, default=_json_default).encode()
+    atomic_write(path, lambda f: f.write(data))
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """[H, W, 3] or [H, W] uint8 -> PNG."""
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    atomic_write(path, lambda f: img.save(f, format="PNG"))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages whose numbers matter for results."""
+    out = {"python": platform.python_version(), "jaxviz": _version("jaxviz")}
+    for pkg in ("jax", "jaxlib", "flax", "numpy", "faiss-cpu", "faiss-gpu", "openTSNE"):
+        v = _version(pkg)
+        if v:
+            out[pkg] = v
+    return out
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def devices() -> list[str]:
+    import jax
+
+    return [f"{d.platform}:{d.id} ({d.device_kind})" for d in jax.devices()]
+
+
+class JobOutput:
+    """Everything one job writes into its `--out` folder, and its manifest.
+
+    Files are named relative to `out`; each saved file is remembered for index.html. Call
+    `finish()` at the end: it writes manifest.json (command, config, versions, devices, timings,
+    counts, skipped inputs with reasons, results) and index.html.
+    """
+
+    def __init__(self, out: str | os.PathLike, job: str, config: dict[str, Any]):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.job = job
+        self.config = config
+        self.counts: dict[str, int] = {}
+        self.skipped: list[dict[str, str]] = []
+        self.results: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}
+        self.files: list[str] = []
+        self._t0 = time.time()
+
+    def path(self, rel: str) -> Path:
+        return self.out / rel
+
+    def _record(self, rel: str) -> Path:
+        if rel not in self.files:
+            self.files.append(rel)
+        return self.out / rel
+
+    def npy(self, rel: str, array: np.ndarray) -> None:
+        save_npy(self._record(rel), array)
+
+    def png(self, rel: str, image: np.ndarray) -> None:
+        save_png(self._record(rel), image)
+
+    def json(self, rel: str, obj: Any) -> None:
+        save_json(self._record(rel), obj)
+
+    def skip(self, item: str, reason: str) -> None:
+        """Record an input that could not be used."""
+        self.skipped.append({"id": str(item), "reason": reason})
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + int(n)
+
+    def timing(self, name: str, seconds: float) -> None:
+        self.timings[name] = self.timings.get(name, 0.0) + float(seconds)
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "command": sys.argv,
+            "config": self.config,
+            "versions": versions(),
+            "devices": devices(),
+            "timings": {**self.timings, "total_s": time.time() - self._t0},
+            "counts": self.counts,
+            "skipped": self.skipped,
+            "results": self.results,
+            "files": self.files,
+        }
+
+    def finish(self) -> dict[str, Any]:
+        m = self.manifest()
+        save_json(self.out / "manifest.json", m)
+        write_index(self.out, f"jaxviz {self.job}", self.files, m)
+        return m
+
+
+def write_index(out: Path, title: str, files: list[str], manifest: dict[str, Any]) -> None:
+    """A self-contained index.html: every PNG shown, every other file linked, the manifest below."""
+    parts = [
+        f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}img{max-width:100%;"
+        "image-rendering:pixelated;border:1px solid #ccc}figure{display:inline-block;"
+        "margin:.5em;vertical-align:top}</style>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    for rel in files:
+        esc = html.escape(rel)
+        if rel.endswith(".png"):
+            parts.append(
+                f"<figure><img src='{esc}' alt='{esc}'><figcaption>{esc}</figcaption></figure>"
+            )
+    parts.append("<h2>Files</h2><ul>")
+    parts += [f"<li><a href='{html.escape(r)}'>{html.escape(r)}</a></li>" for r in files]
+    parts.append("</ul><h2>Manifest</h2><pre>")
+    parts.append(html.escape(json.dumps(manifest, indent=2, default=_json_default)))
+    parts.append("</pre>")
+    data = "\n".join(parts).encode()
+    atomic_write(out / "index.html", lambda f: f.write(data))

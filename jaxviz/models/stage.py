@@ -1,0 +1,165 @@
+"""A CNN as a chain of named stages with geometry (see DESIGN.md, "The one idea").
+
+Every zoo model is a `Model`: a tuple of `Stage`s, each a Flax Linen module applied as a pure
+function of its own variables, plus the stage's spatial `Geometry` (None for stages whose output
+depends on the whole input map: global pooling, fully connected layers, squeeze-excite blocks
+are inside a stage and do not count). Parameters are a plain dict {stage_name: linen variables}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxviz.errors import unknown
+from jaxviz.models.geometry import Geometry, Pair, ReceptiveField
+from jaxviz.models.preprocess import Preprocess
+
+Params = dict  # {stage_name: {"params": ..., maybe "batch_stats": ...}}
+
+
+@dataclass(frozen=True, eq=False)
+class Stage:
+    """One named stage: `module.apply(variables, x) -> y`, and its geometry.
+
+    geometry: the window this stage applies on the (H, W) axes; None when every output depends on
+    the whole input (global pool, fully connected). A residual or inverted-bottleneck block is one
+    stage whose geometry is the composition of its main branch.
+    """
+
+    name: str
+    module: nn.Module
+    geometry: Geometry | None
+
+    def apply(self, variables: dict, x: jax.Array) -> jax.Array:
+        return self.module.apply(variables, x)
+
+
+@dataclass(frozen=True, eq=False)
+class Model:
+    """A zoo model: stages, input geometry and metadata.
+
+    input_size: default (H, W); inputs are NHWC float32, normalized by `preprocess`.
+    features_stage: the stage whose output is "the features" (AlexNet fc7, pooled stage elsewhere).
+    """
+
+    name: str
+    stages: tuple[Stage, ...]
+    input_size: Pair
+    num_classes: int
+    features_stage: str
+    preprocess: Preprocess
+    class_names: tuple[str, ...] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.stages)
+
+    def index(self, name: str) -> int:
+        """Position of stage `name`; a UsageError listing the stages if it does not exist."""
+        names = self.stage_names
+        if name not in names:
+            raise unknown(f"layer of model {self.name}:", name, names)
+        return names.index(name)
+
+    def stage(self, name: str) -> Stage:
+        return self.stages[self.index(name)]
+
+    def next_stage(self, name: str) -> str | None:
+        """Name of the stage after `name` (None after the last one)."""
+        i = self.index(name) + 1
+        return self.stages[i].name if i < len(self.stages) else None
+
+    def class_name(self, k: int) -> str:
+        if self.class_names and 0 <= k < len(self.class_names):
+            return self.class_names[k]
+        return str(k)
+
+
+def _span(model: Model, start: str | None, stop: str | None) -> tuple[Stage, ...]:
+    i0 = model.index(start) if start is not None else 0
+    i1 = model.index(stop) + 1 if stop is not None else len(model.stages)
+    return model.stages[i0:i1]
+
+
+def forward(
+    model: Model,
+    params: Params,
+    x: jax.Array,
+    start: str | None = None,
+    stop: str | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Run stages `start..stop` (inclusive; default: all) on `x`, the input of stage `start`.
+
+    Returns (output of `stop`, {stage_name: output} for every stage run). Under `jit`, taps that
+    nobody uses are removed by the compiler. x: [B, H, W, C] float32 (or bf16) for the first stage.
+    """
+    taps = {}
+    for st in _span(model, start, stop):
+        x = st.apply(params[st.name], x)
+        taps[st.name] = x
+    return x, taps
+
+
+def forward_fn(
+    model: Model, start: str | None = None, stop: str | None = None
+) -> Callable[[Params, jax.Array], jax.Array]:
+    """A pure `(params, x) -> output of stop` for stages start..stop, for jit/vmap/grad."""
+
+    def run(params: Params, x: jax.Array) -> jax.Array:
+        return forward(model, params, x, start, stop)[0]
+
+    return run
+
+
+def init_params(model: Model, key: jax.Array, input_size: Pair | None = None) -> Params:
+    """Random parameters for every stage, chaining shapes from a [1, H, W, 3] input."""
+    h, w = input_size or model.input_size
+    x = jnp.zeros((1, h, w, 3), jnp.float32)
+    params = {}
+    for st, k in zip(model.stages, jax.random.split(key, len(model.stages)), strict=True):
+        params[st.name] = st.module.init(k, x)
+        x = st.apply(params[st.name], x)
+    return params
+
+
+def cast_params(params: Params, dtype) -> Params:
+    """Floating-point leaves cast to `dtype` (e.g. jnp.bfloat16 for fast forward passes)."""
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, params
+    )
+
+
+def stage_shapes(model: Model, input_size: Pair | None = None) -> dict[str, tuple[int, ...]]:
+    """Output shape (without batch) of every stage for one input of `input_size`; no FLOPs run."""
+    h, w = input_size or model.input_size
+    params = jax.eval_shape(lambda: init_params(model, jax.random.key(0), (h, w)))
+    x = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
+    _, taps = jax.eval_shape(lambda p, v: forward(model, p, v), params, x)
+    return {k: tuple(v.shape[1:]) for k, v in taps.items()}
+
+
+def cumulative_geometry(model: Model) -> dict[str, Geometry | None]:
+    """For every stage, the composed geometry from the input image to that stage's output.
+
+    None from the first global stage on: those units see the whole image.
+    """
+    out: dict[str, Geometry | None] = {}
+    acc: Geometry | None = Geometry()
+    for st in model.stages:
+        acc = None if acc is None or st.geometry is None else acc.then(st.geometry)
+        out[st.name] = acc
+    return out
+
+
+def receptive_fields(model: Model) -> dict[str, ReceptiveField | None]:
+    """For every stage, its units' receptive field in input pixels (None: the whole image)."""
+    return {
+        k: None if g is None else ReceptiveField.of(g)
+        for k, g in cumulative_geometry(model).items()
+    }

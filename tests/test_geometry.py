@@ -1,0 +1,88 @@
+"""Receptive-field algebra checked against gradients, for every stage of every zoo model.
+
+The support of d(unit)/d(input) must lie inside the computed box; with ReLUs made linear and
+max-pooling replaced by average pooling (same windows) it must also touch every edge of the box
+(clipped at the image border): the box is neither too small nor too large.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxviz.models import ops
+from jaxviz.models.geometry import Geometry, ReceptiveField
+from jaxviz.models.stage import forward, init_params, receptive_fields, stage_shapes
+from jaxviz.models.zoo import entry
+
+# (zoo name, input size used for the test)
+MODELS = [("demo", (64, 64))]
+
+
+def _support_box(grad: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(np.abs(grad).sum(-1) > 0)
+    return (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1)
+
+
+def _unit_grad(model, params, x, stage, y, xx):
+    def unit(v):
+        _, taps = forward(model, params, v, stop=stage)
+        return taps[stage][0, y, xx].sum()
+
+    return np.asarray(jax.grad(unit)(x)[0])
+
+
+def _linear_pool(x, window, strides, padding):
+    return nn.avg_pool(x, window, strides, padding=padding, count_include_pad=True)
+
+
+@pytest.mark.parametrize("name,size", MODELS)
+def test_receptive_field_matches_gradient_support(name, size):
+    model = entry(name).build()
+    params = init_params(model, jax.random.key(1), size)
+    x = jax.random.normal(jax.random.key(2), (1, *size, 3))
+    rfs = receptive_fields(model)
+    shapes = stage_shapes(model, size)
+    for stage, rf in rfs.items():
+        if rf is None:
+            continue
+        h, w = shapes[stage][:2]
+        for y, xx in {(0, 0), (h - 1, w - 1), (h // 2, w // 2), (0, w - 1)}:
+            box = rf.box(y, xx, size)
+            g = _unit_grad(model, params, x, stage, y, xx)
+            y0, x0, y1, x1 = _support_box(g)
+            assert box[0] <= y0 and box[1] <= x0 and y1 <= box[2] and x1 <= box[3], (stage, y, xx)
+            with ops.activation_override(
+                relu=lambda v: v, relu6=lambda v: v, max_pool=_linear_pool
+            ):
+                g = _unit_grad(model, params, x, stage, y, xx)
+            assert _support_box(g) == box, (stage, y, xx, _support_box(g), box)
+
+
+def test_geometry_composition_matches_conv_chain():
+    a = Geometry.window(11, 4, 2)
+    b = Geometry.window(3, 2)
+    c = a.then(b)
+    assert c.span == (19, 19) and c.stride == (8, 8) and c.pad_lo == (2, 2)
+    rf = ReceptiveField.of(c)
+    assert rf.box(0, 0) == (-2, -2, 17, 17)
+    assert rf.box(1, 2, (30, 30)) == (6, 14, 25, 30)
+    assert a.out_size((224, 224)) == (55, 55)
+
+
+def test_forward_start_stop_composes(demo_random):
+    model, params = demo_random
+    x = jax.random.normal(jax.random.key(3), (2, 64, 64, 3))
+    logits, taps = forward(model, params, x)
+    mid, _ = forward(model, params, x, stop="conv3")
+    tail, _ = forward(model, params, mid, start=model.next_stage("conv3"))
+    np.testing.assert_allclose(tail, logits, rtol=1e-5, atol=1e-5)
+    assert set(taps) == set(model.stage_names)
+    assert logits.shape == (2, model.num_classes)
+
+
+def test_unknown_layer_names_the_choices(demo_random):
+    model, params = demo_random
+    with pytest.raises(ValueError, match="conv1.*conv2"):
+        forward(model, params, jnp.zeros((1, 64, 64, 3)), stop="conv9")
