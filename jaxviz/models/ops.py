@@ -1,8 +1,9 @@
 """Activation functions that attribution methods can swap at trace time.
 
 Guided backpropagation (Springenberg et al. 2015) changes how ReLU passes gradients back, and the
-receptive-field test linearizes max-pooling. Stages call `relu`/`relu6`/`max_pool` from here instead of `jax.nn`, and `activation_override` replaces them while a
-function is traced (jit traces once, so the override is baked into that compiled function).
+receptive-field test linearizes max-pooling. Stages call `relu`/`relu6`/`max_pool` from here
+instead of `jax.nn`, and `activation_override` replaces them while a function is traced (jit
+traces once, so the override is baked into that compiled function).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def max_pool(
 
 @contextlib.contextmanager
 def activation_override(**fns: Callable) -> Iterator[None]:
-    """Within the block, `relu`/`relu6`/`max_pool` are replaced by the given functions (names as keys)."""
+    """Within the block, `relu`/`relu6`/`max_pool` are replaced by the given functions."""
     bad = set(fns) - set(_DEFAULTS)
     if bad:
         raise ValueError(f"cannot override {sorted(bad)}; overridable: {sorted(_DEFAULTS)}")
