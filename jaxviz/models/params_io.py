@@ -21,7 +21,7 @@ def unflatten(flat: dict[str, np.ndarray]) -> Params:
 
 
 def check_matches(expected: Params, got: dict[str, np.ndarray], source: str) -> None:
-    """Refuse `got` unless it has exactly the names and shapes of `expected` (list every mismatch)."""
+    """Refuse `got` unless it has exactly the names and shapes of `expected`; list mismatches."""
     want = {"/".join(k): tuple(np.shape(v)) for k, v in flatten_dict(expected).items()}
     have = {k: tuple(np.shape(v)) for k, v in got.items()}
     missing = sorted(set(want) - set(have))
