@@ -1,4 +1,4 @@
-"""Sources and the streaming batcher: every good image exactly once, bad ones skipped with reasons."""
+"""Sources and the streaming batcher: good images exactly once, bad ones skipped with reasons."""
 
 import io
 
@@ -24,7 +24,7 @@ def _write_mixed_folder(root):
         "c_rgba.png": Image.fromarray(np.dstack([rgb, rgb[..., :1]])),
         "d_palette.png": Image.fromarray(rgb).convert("P"),
         "e_cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
-        "f_16bit.png": Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)),
+        "f_16bit.png": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
     }
     for name, im in good.items():
         im.save(root / name)
