@@ -14,6 +14,7 @@ from importlib import resources
 
 import jax
 
+from jaxviz.models import ops
 from jaxviz.models.layers import ConvAct, Dense, GlobalAvgPool, MaxPool
 from jaxviz.models.params_io import load_npz
 from jaxviz.models.preprocess import Preprocess
@@ -40,7 +41,7 @@ def build() -> Model:
         _spatial("conv3", ConvAct(128, 3, 1, 1)),
         _spatial("conv4", ConvAct(128, 3, 1, 1)),
         Stage("pool", GlobalAvgPool(), None),
-        Stage("fc", Dense(128, act=jax.nn.relu), None),
+        Stage("fc", Dense(128, act=ops.relu), None),
         Stage("logits", Dense(NUM_CLASSES), None),
     )
     return Model(
