@@ -43,9 +43,14 @@ class Preprocess:
     def normalize(self, images: jax.Array) -> jax.Array:
         """[B, H, W, 3] uint8 (or float in [0, 255]) -> float32 normalized model input."""
         x = jnp.asarray(images, jnp.float32) / 255.0
-        return (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
+        return (x - self._channel(self.mean, x.ndim)) / self._channel(self.std, x.ndim)
 
     def denormalize(self, x: jax.Array) -> jax.Array:
         """Inverse of `normalize`, to float32 in [0, 1] (clipped), for display."""
-        y = x * jnp.asarray(self.std, jnp.float32) + jnp.asarray(self.mean, jnp.float32)
+        y = x * self._channel(self.std, x.ndim) + self._channel(self.mean, x.ndim)
         return jnp.clip(y, 0.0, 1.0)
+
+    @staticmethod
+    def _channel(v: tuple[float, float, float], ndim: int) -> jax.Array:
+        """A per-channel constant shaped to broadcast against an [..., 3] array of rank ndim."""
+        return jnp.asarray(v, jnp.float32).reshape((1,) * (ndim - 1) + (3,))
