@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("jaxviz.jobs.evaluate", "top-1 accuracy of a model on a labelled source"),
     "filters": ("jaxviz.jobs.filters", "a layer's filters as a tile grid PNG (+ raw .npy)"),
     "activations": ("jaxviz.jobs.activations", "all channels of a layer for each image"),
+    "patches": ("jaxviz.jobs.patches", "maximally activating patches of a layer's channels"),
 }
 
 
