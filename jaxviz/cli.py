@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "filters": ("jaxviz.jobs.filters", "a layer's filters as a tile grid PNG (+ raw .npy)"),
     "activations": ("jaxviz.jobs.activations", "all channels of a layer for each image"),
     "patches": ("jaxviz.jobs.patches", "maximally activating patches of a layer's channels"),
+    "classify": ("jaxviz.jobs.classify", "top-k classes with names and probabilities per image"),
 }
 
 
