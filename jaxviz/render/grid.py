@@ -42,9 +42,10 @@ def tile_grid(
     return grid
 
 
-def upscale(image: np.ndarray, factor: int) -> np.ndarray:
-    """Nearest-neighbour upscaling of [H, W(, C)] by an integer factor (keeps pixels visible)."""
-    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+def upscale(image: np.ndarray, factor: int, axes: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """Nearest-neighbour upscaling by an integer factor along the two spatial `axes` (default:
+    [H, W(, C)]; use axes=(1, 2) for a stack of tiles [N, h, w(, C)])."""
+    return np.repeat(np.repeat(image, factor, axis=axes[0]), factor, axis=axes[1])
 
 
 def caption(image: np.ndarray, text: str, height: int = 12) -> np.ndarray:
