@@ -1,0 +1,139 @@
+"""`jaxviz evaluate`: top-1 (and top-5) accuracy of a model on a labelled source.
+
+One streaming pass (jobs/scan.py): the jitted forward pass, sharded over local devices, returns
+each image's top-k class indices; the host compares them with the source's labels. Padding rows
+and images without a label are not counted.
+
+Writes into --out: manifest.json (results: top1, top5, images, per_class accuracy),
+predictions.npy [N, 3] int64 (source index, label, predicted class) and confusion.npy
+[num_classes, num_classes] int64 (rows: label, columns: prediction).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxviz.data.pipeline import Batch
+from jaxviz.data.sources import Source, open_source
+from jaxviz.errors import UsageError
+from jaxviz.jobs.common import (
+    DTYPES,
+    add_data_args,
+    add_model_args,
+    add_out_arg,
+    model_config,
+    model_from_args,
+)
+from jaxviz.jobs.output import JobOutput
+from jaxviz.jobs.scan import scan
+from jaxviz.models.stage import Model
+
+
+class TopK:
+    """Scan consumer: top-k predictions from the logits, counted against the batch labels."""
+
+    name = "evaluate"
+
+    def __init__(self, logits_stage: str, num_classes: int, k: int = 5):
+        self.taps = (logits_stage,)
+        self.num_classes, self.k = num_classes, min(k, num_classes)
+        self.confusion = np.zeros((num_classes, num_classes), np.int64)
+        self.topk_correct = 0
+        self.unlabelled = 0
+        self.rows: list[np.ndarray] = []
+
+    def reduce(self, taps: dict[str, jax.Array], mask: jax.Array) -> jax.Array:
+        """[B, num_classes] logits -> [B, k] int32 class indices, best first."""
+        return jax.lax.top_k(taps[self.taps[0]].astype(jnp.float32), self.k)[1]
+
+    def update(self, batch: Batch, result: np.ndarray) -> None:
+        labels = batch.labels
+        valid = batch.mask & (labels >= 0)
+        self.unlabelled += int((batch.mask & (labels < 0)).sum())
+        if (labels[valid] >= self.num_classes).any():
+            bad = int(labels[valid].max())
+            raise UsageError(f"label {bad} is out of range for a {self.num_classes}-class model")
+        top, labels = result[valid], labels[valid]
+        pred = top[:, 0].astype(np.int64)
+        np.add.at(self.confusion, (labels, pred), 1)
+        self.topk_correct += int((top == labels[:, None]).any(axis=1).sum())
+        self.rows.append(np.stack([batch.index[valid], labels, pred], axis=1))
+
+    def finish(self) -> dict:
+        n = int(self.confusion.sum())
+        per_class = self.confusion.diagonal() / np.maximum(self.confusion.sum(axis=1), 1)
+        return {
+            "images": n,
+            "unlabelled": self.unlabelled,
+            "top1": float(self.confusion.trace() / n) if n else float("nan"),
+            f"top{self.k}": float(self.topk_correct / n) if n else float("nan"),
+            "per_class": per_class.tolist(),
+        }
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    add_data_args(p)
+    add_out_arg(p, "out/evaluate")
+
+
+def check_labels(model: Model, source: Source, spec: str) -> None:
+    """UsageError unless the source has labels meant for this model's classes."""
+    if len(source) == 0 or source.info(0).label is None:
+        raise UsageError(
+            f"--data {spec} has no labels; evaluate needs a labelled source "
+            "(shapes:N[:SEED], class subfolders, or an .npz with a 'labels' array)"
+        )
+    if source.class_names and model.class_names and source.class_names != model.class_names:
+        raise UsageError(
+            f"--data {spec} has classes {_names(source.class_names)} but model {model.name} "
+            f"predicts {_names(model.class_names)}; its labels would not match"
+        )
+
+
+def _names(names: tuple[str, ...], most: int = 6) -> str:
+    return ", ".join(names[:most]) + (f", ... ({len(names)} classes)" if len(names) > most else "")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    model, params = model_from_args(args)
+    source = open_source(args.data)
+    check_labels(model, source, args.data)
+    config = {
+        **model_config(args),
+        "data": args.data,
+        "batch_size": args.batch_size,
+        "limit": args.limit,
+    }
+    out = JobOutput(args.out, "evaluate", config)
+    top = TopK(model.stages[-1].name, model.num_classes)
+    res = scan(
+        model,
+        params,
+        source,
+        [top],
+        batch_size=args.batch_size,
+        out=out,
+        stop=args.limit,
+        dtype=DTYPES[args.dtype],
+        desc="evaluate",
+    )[top.name]
+    if res["images"] == 0:
+        raise UsageError(f"--data {args.data}: no usable labelled images")
+    rows = np.concatenate(top.rows) if top.rows else np.zeros((0, 3), np.int64)
+    out.npy("predictions.npy", rows.astype(np.int64))
+    out.npy("confusion.npy", top.confusion)
+    out.results.update(res)
+    out.finish()
+    k = top.k
+    print(
+        f"{model.name} on {args.data}: top-1 {res['top1']:.4f}, top-{k} {res[f'top{k}']:.4f} "
+        f"({res['images']} images); wrote {out.path('manifest.json')}"
+    )
+    return 0
