@@ -17,9 +17,10 @@ from jaxviz.jobs.common import (
     add_out_arg,
     model_config,
     model_from_args,
+    scan_key,
 )
 from jaxviz.jobs.output import JobOutput
-from jaxviz.jobs.scan import scan
+from jaxviz.jobs.scan import ScanJob
 from jaxviz.models.stage import Model, receptive_fields
 from jaxviz.render.grid import caption, normalize01, tile_grid, upscale
 
@@ -82,7 +83,8 @@ def spatial_layers(model: Model) -> list[str]:
     return [k for k, rf in receptive_fields(model).items() if rf is not None]
 
 
-def run(args: argparse.Namespace) -> int:
+def prepare(args: argparse.Namespace) -> ScanJob:
+    """The job as one streaming pass (shareable with other scan jobs by the sweep)."""
     model, params = model_from_args(args)
     model.index(args.layer)
     if args.layer not in spatial_layers(model):
@@ -94,20 +96,26 @@ def run(args: argparse.Namespace) -> int:
     out = JobOutput(
         args.out, "activations", {**model_config(args), "layer": args.layer, "data": args.data}
     )
-    writer = ActivationWriter(args.layer, source, model, out)
-    out.results.update(
-        scan(
-            model,
-            params,
-            source,
-            [writer],
-            batch_size=args.batch_size,
-            out=out,
-            stop=args.limit,
-            dtype=DTYPES[args.dtype],
-            desc="activations",
-        )
+
+    def complete(results: dict) -> None:
+        out.results.update(results)
+        out.finish()
+        print(f"{out.counts.get('images', 0)} images, {len(out.skipped)} skipped -> {args.out}")
+
+    return ScanJob(
+        model,
+        params,
+        source,
+        out,
+        [ActivationWriter(args.layer, source, model, out)],
+        complete,
+        args.batch_size,
+        args.limit,
+        DTYPES[args.dtype],
+        scan_key(args),
     )
-    out.finish()
-    print(f"{out.counts.get('images', 0)} images, {len(out.skipped)} skipped -> {args.out}")
+
+
+def run(args: argparse.Namespace) -> int:
+    prepare(args).run()
     return 0

@@ -65,3 +65,16 @@ def model_config(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "dtype": args.dtype,
     }
+
+
+def scan_key(args: argparse.Namespace) -> tuple:
+    """What must be equal for two scan jobs to share one pass over the data."""
+    return (
+        args.model,
+        args.random_init,
+        args.seed,
+        args.dtype,
+        args.data,
+        args.batch_size,
+        args.limit,
+    )

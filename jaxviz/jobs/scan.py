@@ -9,6 +9,7 @@ pass this way (the sweep relies on it).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jax
@@ -121,3 +122,54 @@ def scan(
         if pending is not None:
             finish_batch(*pending)
     return {c.name: c.finish() for c in consumers}
+
+
+@dataclass
+class ScanJob:
+    """A job that is one streaming pass plus a finishing step, so the sweep can merge several
+    jobs over the same model and data into ONE pass.
+
+    `complete(results)` receives {consumer name: finish()} for this job's consumers and writes
+    its outputs. Jobs merge when their `key` (model, data, batch, limit, dtype) is equal.
+    """
+
+    model: Model
+    params: Params
+    source: Source
+    out: JobOutput
+    consumers: list
+    complete: Callable[[dict], None]
+    batch_size: int
+    limit: int | None
+    dtype: Any
+    key: tuple
+
+    def run(self) -> None:
+        run_scan_jobs([self])
+
+
+def run_scan_jobs(jobs: Sequence[ScanJob], desc: str = "scan") -> None:
+    """Run jobs that share model, data and batch settings as one pass over the data."""
+    first = jobs[0]
+    for j in jobs[1:]:
+        if j.key != first.key:
+            raise ValueError(f"cannot share a pass: {j.key} != {first.key}")
+    consumers = [c for j in jobs for c in j.consumers]
+    names = [c.name for c in consumers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"consumer names must be unique in a shared pass: {names}")
+    results = scan(
+        first.model,
+        first.params,
+        first.source,
+        consumers,
+        batch_size=first.batch_size,
+        out=first.out,
+        stop=first.limit,
+        dtype=first.dtype,
+        desc=desc,
+    )
+    for j in jobs:
+        if j is not first:
+            j.out.skipped, j.out.counts = list(first.out.skipped), dict(first.out.counts)
+        j.complete({c.name: results[c.name] for c in j.consumers})
