@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
+from jaxviz.errors import UsageError
+
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 
@@ -73,8 +75,9 @@ _SAFETENSORS_DTYPES: dict[str, np.dtype] = {
 }
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot or must not be read (unsafe, corrupt, unsupported)."""
+class CheckpointError(UsageError):
+    """A checkpoint file that cannot or must not be read (unsafe, corrupt, unsupported, or not
+    matching the model); the CLI reports it as bad usage (exit 2, one line)."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,9 @@ class _Tensor:
                 f"tensor (offset {self.offset}, size {self.size}, stride {self.stride}) "
                 f"reads past its storage of {flat.size} elements"
             )
+        contiguous = np.cumprod((1, *self.size[:0:-1]))[::-1]
+        if tuple(int(c) for c in contiguous) == self.stride:  # no copy: a view on the file bytes
+            return flat[self.offset : self.offset + int(np.prod(self.size))].reshape(self.size)
         view = np.lib.stride_tricks.as_strided(
             flat[self.offset :],
             shape=self.size,
@@ -313,7 +319,8 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """{parameter name: array} from a `.pth`/`.pt` (zip or legacy) or `.safetensors` file.
 
-    Arrays keep the file's dtype and torch's layout (conv weights OIHW). Raises CheckpointError
+    Arrays keep the file's dtype and torch's layout (conv weights OIHW); they may be read-only
+    views on the file's bytes (copy before writing into them). Raises CheckpointError
     for a pickle naming any global outside the allow-list, a corrupt or unsupported file.
     """
     path = os.fspath(path)

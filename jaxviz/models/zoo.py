@@ -38,6 +38,10 @@ class ZooEntry:
 _REGISTRY: dict[str, str] = {
     "demo": "jaxviz.models.demo:ENTRY",
     "efficientnet_lite0": "jaxviz.models.efficientnet_lite:ENTRY",
+    "alexnet": "jaxviz.models.alexnet:ENTRY",
+    "vgg16": "jaxviz.models.vgg:ENTRY",
+    "resnet18": "jaxviz.models.resnet:RESNET18",
+    "resnet50": "jaxviz.models.resnet:RESNET50",
 }
 
 
