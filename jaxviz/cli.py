@@ -15,12 +15,14 @@ from jaxviz.errors import UsageError
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "sweep": ("jaxviz.jobs.sweep", "run a study (TOML) of many jobs as one resumable batch job"),
     "models": ("jaxviz.jobs.models", "list the zoo: stages, output shapes, receptive fields"),
     "evaluate": ("jaxviz.jobs.evaluate", "top-1 accuracy of a model on a labelled source"),
     "filters": ("jaxviz.jobs.filters", "a layer's filters as a tile grid PNG (+ raw .npy)"),
     "activations": ("jaxviz.jobs.activations", "all channels of a layer for each image"),
     "patches": ("jaxviz.jobs.patches", "maximally activating patches of a layer's channels"),
     "classify": ("jaxviz.jobs.classify", "top-k classes with names and probabilities per image"),
+    "occlusion": ("jaxviz.jobs.occlusion", "occlusion: class-score heat maps as a patch slides"),
 }
 
 

@@ -1,0 +1,244 @@
+"""`jaxviz sweep [STUDY.toml]`: every job of a study as one batch job, resumable, with a report.
+
+Jobs that scan the dataset with the same model and batch settings (features, patches,
+activations) share ONE forward pass. A finished job is recorded in `--out/sweep.json`; rerunning
+the same command resumes with the jobs not yet done. A changed study with the same `--out` is
+refused unless `--restart`. Every start, end and failure goes to `--out/events.jsonl`; the report
+is `--out/index.html`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from jaxviz.cli import COMMANDS
+from jaxviz.errors import UsageError
+from jaxviz.jobs.output import save_json
+from jaxviz.jobs.scan import run_scan_jobs
+from jaxviz.jobs.study import Job, Study, default_study_text, load_study
+from jaxviz.render.report import write_study_report
+
+# the order jobs run in within a part (producers before consumers of their outputs)
+ORDER = (
+    "filters",
+    "evaluate",
+    "classify",
+    "features",
+    "patches",
+    "activations",
+    "tsne",
+    "neighbors",
+    "occlusion",
+    "saliency",
+    "guided",
+    "gradcam",
+    "ig",
+    "smoothgrad",
+    "classviz",
+    "invert",
+    "dream",
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "study",
+        nargs="?",
+        default=None,
+        help="study TOML file (default: the built-in study: the demo model on the "
+        "shapes set and efficientnet_lite0 on the sample photos)",
+    )
+    p.add_argument("--out", default="out/sweep", help="output folder (default: out/sweep)")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over even if --out holds another study's (partial) results",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the study, print the plan and the estimated work, run nothing",
+    )
+
+
+class EventLog:
+    """JSON lines appended to --out/events.jsonl (one per event, flushed at once)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, event: str, **fields) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"time": time.time(), "event": event, **fields}) + "\n")
+
+
+def _module(job: Job):
+    return importlib.import_module(COMMANDS[job.command][0])
+
+
+def _units(jobs: list[Job]) -> list[list[Job]]:
+    """Jobs in run order; scan jobs with equal scan keys grouped into one shared pass."""
+    from jaxviz.jobs.common import scan_key
+
+    units: list[list[Job]] = []
+    groups: dict[tuple, list[Job]] = {}
+    for job in sorted(jobs, key=lambda j: ORDER.index(j.command)):
+        if hasattr(_module(job), "prepare"):
+            key = scan_key(job.args)
+            if key in groups:
+                groups[key].append(job)
+                continue
+            groups[key] = [job]
+            units.append(groups[key])
+        else:
+            units.append([job])
+    return units
+
+
+def estimate(job: Job, n_images: int) -> int:
+    """Forward (or forward+backward) passes a job needs, roughly."""
+    a = job.args
+    n = min(n_images, a.limit) if getattr(a, "limit", None) else n_images
+    if job.command == "occlusion":
+        from jaxviz.models.zoo import entry
+
+        h, w = entry(a.model.partition("=")[0]).build().input_size
+        win, st = getattr(a, "window", 16), getattr(a, "stride", 8)
+        return n * (((h - win) // st + 1) * ((w - win) // st + 1) + 1)
+    for attr in ("steps", "samples", "iterations"):
+        if isinstance(getattr(a, attr, None), int):
+            return n * getattr(a, attr)
+    return n
+
+
+def print_plan(study: Study) -> None:
+    from jaxviz.data.sources import open_source
+
+    print(f"study {study.name!r} ({study.digest})")
+    total = 0
+    for part, jobs in study.parts.items():
+        print(f"part {part}:")
+        for unit in _units(jobs):
+            data = getattr(unit[0].args, "data", None)
+            n = len(open_source(data)) if data else 0
+            work = sum(estimate(j, n) for j in unit) if len(unit) == 1 else estimate(unit[0], n)
+            total += work
+            names = " + ".join(j.folder for j in unit)
+            shared = " (one shared pass)" if len(unit) > 1 else ""
+            print(
+                f"  {names}{shared}: ~{work} forward passes"
+                + (f", {n} images in {data}" if data else "")
+            )
+    print(f"estimated work: ~{total} forward passes")
+
+
+def _run_unit(unit: list[Job]) -> None:
+    if len(unit) == 1 and not hasattr(_module(unit[0]), "prepare"):
+        rc = _module(unit[0]).run(unit[0].args)
+        if rc:
+            raise RuntimeError(f"job {unit[0].key} exited with {rc}")
+        return
+    run_scan_jobs([_module(j).prepare(j.args) for j in unit], desc=" + ".join(j.key for j in unit))
+
+
+def run_study(study: Study, out: Path, restart: bool) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "sweep.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else None
+    if state and state["digest"] != study.digest and not restart:
+        raise UsageError(
+            f"{out} holds results of another study ({state['name']!r}, "
+            f"{state['digest']}); use another --out or pass --restart"
+        )
+    if not state or restart:
+        state = {"name": study.name, "digest": study.digest, "done": {}, "failed": {}}
+    (out / "study.toml").write_text(study.text)
+    log = EventLog(out / "events.jsonl")
+    log("sweep_start", study=study.name, digest=study.digest, resumed=bool(state["done"]))
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    t0 = time.time()
+    try:
+        for jobs in study.parts.values():
+            for unit in _units(jobs):
+                todo = [j for j in unit if j.key not in state["done"]]
+                for j in unit:
+                    if j not in todo:
+                        log("job_skipped", job=j.key, reason="done in an earlier run")
+                if not todo:
+                    continue
+                keys = [j.key for j in todo]
+                log("job_start", jobs=keys)
+                t = time.time()
+                try:
+                    _run_unit(todo)
+                except UsageError:
+                    raise
+                except Exception as e:
+                    for k in keys:
+                        state["failed"][k] = f"{type(e).__name__}: {e}"
+                    log(
+                        "job_failed",
+                        jobs=keys,
+                        error=f"{type(e).__name__}: {e}",
+                        traceback=traceback.format_exc(),
+                    )
+                    print(
+                        f"sweep: {' + '.join(keys)} failed: {type(e).__name__}: {e}",
+                        file=sys.stderr,
+                    )
+                    continue
+                seconds = time.time() - t
+                for k in keys:
+                    state["done"][k] = seconds / len(keys)
+                    state["failed"].pop(k, None)
+                save_json(state_path, state)
+                log("job_done", jobs=keys, seconds=seconds)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        save_json(state_path, state)
+    log("sweep_done", seconds=time.time() - t0, failed=sorted(state["failed"]))
+    summary = write_study_report(
+        out, study.name, {p: [j.key for j in js] for p, js in study.parts.items()}, state
+    )
+    _print_summary(summary, state, out)
+    return 1 if state["failed"] else 0
+
+
+def _print_summary(summary: list[dict], state: dict, out: Path) -> None:
+    print(f"\n{'job':<28} {'images':>8} {'skipped':>8} {'seconds':>8}  status")
+    for row in summary:
+        status = "failed" if row["job"] in state["failed"] else "done"
+        print(
+            f"{row['job']:<28} {row['images']:>8} {row['skipped']:>8} "
+            f"{row['seconds']:>8.1f}  {status}"
+        )
+    reasons = {r for row in summary for r in row["skip_reasons"]}
+    if reasons:
+        print("skip reasons: " + "; ".join(sorted(reasons)[:5]))
+    print(f"report: {out / 'index.html'}")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.study:
+        path = Path(args.study)
+        if not path.is_file():
+            raise UsageError(f"study file not found: {path}")
+        study = load_study(path.read_text(), out, str(path))
+    else:
+        study = load_study(default_study_text(), out, "default study")
+    if args.dry_run:
+        print_plan(study)
+        return 0
+    return run_study(study, out, args.restart)
