@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "patches": ("jaxviz.jobs.patches", "maximally activating patches of a layer's channels"),
     "classify": ("jaxviz.jobs.classify", "top-k classes with names and probabilities per image"),
     "occlusion": ("jaxviz.jobs.occlusion", "occlusion: class-score heat maps as a patch slides"),
+    "features": ("jaxviz.jobs.features", "features of a dataset to .npy shards + a FAISS index"),
+    "neighbors": ("jaxviz.jobs.neighbors", "k nearest images of queries in a features index"),
 }
 
 

@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     }
     out = JobOutput(args.out, "occlusion", config)
     out.results["method"] = plan.summary()
-    evaluator = plan.evaluator(model, hw, window)
+    evaluator = plan.evaluator
     items, hits = [], []
     n = len(source) if args.limit is None else min(args.limit, len(source))
     batches = stream(
