@@ -27,6 +27,30 @@ from PIL import Image
 TopK = dict[str, np.ndarray]  # {"values" f32, "image" i64, "y" i32, "x" i32}, each [C, k]
 
 
+def _local_top_k(acts: jax.Array, mask: jax.Array, k: int, per_image_max: bool):
+    """Top-k of one device's rows: acts [B, P, C] (P positions), mask [B] ->
+    values [C, k'] float32 and flat indices [C, k'] into (row, position).
+
+    All positions: the images are blocks of P consecutive units, so the top k units lie in the
+    k images with the largest maxima (on equal maxima the lower image wins: every unit of it
+    ranks before the later image's). Only those k images' units go through the final top_k,
+    kept in image order so ties still resolve by flat index. Saves sorting the whole map and
+    masking it (both slow on CPU); padding rows are masked on the [B, C] maxima and candidates.
+    """
+    b, p, c = acts.shape
+    best = jnp.where(mask[:, None], jnp.max(acts, axis=1), -jnp.inf).T  # [C, B]
+    if per_image_max:
+        vals, rows = jax.lax.top_k(best, min(k, b))
+        return vals.astype(jnp.float32), rows
+    _, rows = jax.lax.top_k(best, min(k, b))
+    rows = jnp.sort(rows, axis=1)  # [C, kb], image order
+    chan = jnp.arange(c)[:, None, None]
+    cand = acts[rows[:, :, None], jnp.arange(p)[None, None, :], chan]  # [C, kb, P]
+    cand = jnp.where(mask[rows][:, :, None], cand, -jnp.inf).astype(jnp.float32)
+    vals, j = jax.lax.top_k(jnp.reshape(cand, (c, -1)), min(k, cand.shape[1] * p))
+    return vals, jnp.take_along_axis(rows, j // p, axis=1) * p + j % p
+
+
 def batch_top_k(
     acts: jax.Array,
     mask: jax.Array,
@@ -45,42 +69,37 @@ def batch_top_k(
     best first; rows of padding come with value -inf.
     """
     b, h, w, c = acts.shape
-    flat = jnp.where(mask[:, None, None], jnp.reshape(acts, (b, h * w, c)), -jnp.inf)
-    flat = flat.astype(jnp.float32)
-    if per_image_max:
-        pos = jnp.argmax(flat, axis=1)  # [B, C], first maximum in row-major order
-        score = jnp.max(flat, axis=1)  # [B, C]
-        per_row = 1
-    else:
-        score = jnp.reshape(flat, (b * h * w, c))
-        per_row = h * w
+    acts = jnp.reshape(acts, (b, h * w, c))
+    per_row = 1 if per_image_max else h * w
     g = 1 if mesh is None else mesh.size
     if g == 1:
-        vals, idx = jax.lax.top_k(score.T, min(k, score.shape[0]))
+        vals, idx = _local_top_k(acts, mask, k, per_image_max)
     else:
         (axis,) = mesh.axis_names
         spec = PartitionSpec(axis)
 
-        def local(s: jax.Array) -> tuple[jax.Array, jax.Array]:  # [n, C] -> [1, C, kl] each
-            v, i = jax.lax.top_k(s.T, min(k, s.shape[0]))
-            return v[None], (i + jax.lax.axis_index(axis) * s.shape[0])[None]
+        def local(a: jax.Array, m: jax.Array) -> tuple[jax.Array, jax.Array]:  # -> [1, C, kl]
+            v, i = _local_top_k(a, m, k, per_image_max)
+            return v[None], (i + jax.lax.axis_index(axis) * a.shape[0] * per_row)[None]
 
-        vals, idx = jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=(spec, spec))(score)
-        vals = jnp.reshape(jnp.transpose(vals, (1, 0, 2)), (c, -1))  # [C, G * kl]
+        vals, idx = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec), out_specs=(spec, spec))(
+            acts, mask
+        )
+        vals = jnp.reshape(jnp.transpose(vals, (1, 0, 2)), (c, -1))  # [C, G * kl], device order
         idx = jnp.reshape(jnp.transpose(idx, (1, 0, 2)), (c, -1))
         vals, sel = jax.lax.top_k(vals, min(k, vals.shape[1]))
         idx = jnp.take_along_axis(idx, sel, axis=1)  # [C, k']
     row = idx // per_row
     if per_image_max:
-        p = jnp.take_along_axis(pos.T, row, axis=1).astype(jnp.int32)
-        y, x = p // w, p % w
+        pos = jnp.argmax(acts, axis=1).T  # [C, B], first maximum in row-major order
+        p = jnp.take_along_axis(pos, row, axis=1)
     else:
-        y, x = (idx % per_row) // w, idx % w
+        p = idx % per_row
     return {
         "values": vals,
         "row": row.astype(jnp.int32),
-        "y": y.astype(jnp.int32),
-        "x": x.astype(jnp.int32),
+        "y": (p // w).astype(jnp.int32),
+        "x": (p % w).astype(jnp.int32),
     }
 
 
