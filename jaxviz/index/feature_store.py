@@ -37,6 +37,8 @@ def _shard_name(kind: str, k: int) -> str:
 class Writer(Protocol):
     """Where files go: a jobs.output.JobOutput (atomic writes, paths relative to its folder)."""
 
+    def path(self, rel: str) -> Path: ...
+
     def npy(self, rel: str, array: np.ndarray) -> None: ...
 
     def json(self, rel: str, obj: Any) -> None: ...
@@ -86,9 +88,10 @@ class FeatureWriter:
             self._fill += take
             done += take
             if self._fill == self.rows:
-                self._flush()
+                self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write the rows buffered so far as a shard (shards may hold fewer than `rows`)."""
         n, k = self._fill, len(self.shards)
         if n == 0:
             return
@@ -100,6 +103,15 @@ class FeatureWriter:
         self.count += n
         self._fill, self._ids = 0, []
         self._write_meta(complete=False)
+
+    def restore(self, n_shards: int) -> None:
+        """Continue a store whose first `n_shards` shards are on disk (resume after a kill)."""
+        meta = json.loads(self.out.path(META_FILE).read_text())
+        if len(meta["shards"]) < n_shards or meta["dim"] != self.dim:
+            raise ValueError(f"{self.out.path(META_FILE)} does not hold {n_shards} shards")
+        self.shards = meta["shards"][:n_shards]
+        self.count = sum(s["rows"] for s in self.shards)
+        self._fill, self._ids = 0, []
 
     def _write_meta(self, complete: bool) -> None:
         self.out.json(
@@ -116,7 +128,7 @@ class FeatureWriter:
 
     def close(self) -> dict[str, Any]:
         """Write the last partial shard and the final metadata; returns the metadata."""
-        self._flush()
+        self.flush()
         self._write_meta(complete=True)
         return {**self.meta, "dim": self.dim, "dtype": self.dtype, "count": self.count}
 
@@ -140,9 +152,10 @@ class FeatureStore:
     def _load(self, kind: str, k: int, mmap: bool = False) -> np.ndarray:
         return np.load(self.folder / _shard_name(kind, k), mmap_mode="r" if mmap else None)
 
-    def shards(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per shard: (features [rows, D] memory-mapped, index [rows] int64, labels [rows])."""
-        for k in range(len(self.meta["shards"])):
+    def shards(self, count: int | None = None) -> Iterator[tuple[np.ndarray, ...]]:
+        """Per shard (the first `count`; default all): (features [rows, D] memory-mapped,
+        index [rows] int64, labels [rows] int64)."""
+        for k in range(len(self.meta["shards"]) if count is None else count):
             yield (
                 self._load("features", k, mmap=True),
                 self._load("index", k),
