@@ -54,4 +54,5 @@ def load_npz(path: str | os.PathLike, like: Params) -> Params:
     with np.load(path) as f:
         flat = {k: f[k] for k in f.files}
     check_matches(like, flat, os.fspath(path))
-    return unflatten(flat)
+    params = unflatten(flat)
+    return {k: params.get(k, {}) for k in like}  # parameter-free stages (pools) hold {}
