@@ -44,8 +44,12 @@ from jaxviz.models.stage import stage_shapes
 
 
 class FeatureConsumer:
-    """Scan consumer: `layer`'s output flattened to [B, D] on device, cast to `dtype`; on the host
-    the good rows go to the feature store and the index (when given), in source order."""
+    """Scan consumer: `layer`'s output flattened to [B, D] on device, cast to the store's dtype;
+    on the host the good rows go to the feature store and the index (when given).
+
+    Rows arrive in increasing source order; a row at or before the last one written is ignored,
+    so a batch replayed after an interrupted checkpoint is never stored twice.
+    """
 
     def __init__(
         self,
@@ -57,18 +61,22 @@ class FeatureConsumer:
     ):
         self.name, self.taps = name, (layer,)
         self.layer, self.source, self.writer, self.index = layer, source, writer, index
+        self._last = -1  # last source index written
 
     def reduce(self, taps: dict[str, jax.Array], mask: jax.Array) -> jax.Array:
         f = taps[self.layer]
         return f.reshape(f.shape[0], -1).astype(jnp.dtype(self.writer.dtype))
 
     def update(self, batch: Batch, result: np.ndarray) -> None:
-        keep = batch.mask
+        keep = batch.mask & (batch.index > self._last)
+        if not keep.any():
+            return
         rows, index = result[keep], batch.index[keep]
         ids = [self.source.info(int(i)).id for i in index]
         self.writer.add(rows, index, batch.labels[keep], ids)
         if self.index is not None:
             self.index.add(rows, index)
+        self._last = int(index[-1])
 
     def state(self) -> np.ndarray:
         """[2] int64 (shards on disk, rows): everything so far is flushed to disk first."""
@@ -80,10 +88,11 @@ class FeatureConsumer:
         if state is None:
             return
         self.writer.restore(int(state[0]))
-        if self.index is not None:
-            store = FeatureStore(self.writer.out.path(""))
-            for f, index, _ in store.shards(len(self.writer.shards)):
+        store = FeatureStore(self.writer.out.path(""))
+        for f, index, _ in store.shards(len(self.writer.shards)):
+            if self.index is not None:
                 self.index.add(f, index)
+            self._last = int(index[-1])
 
     def finish(self) -> dict:
         meta = self.writer.close()
