@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from jaxviz import __version__
@@ -23,6 +24,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "patches": ("jaxviz.jobs.patches", "maximally activating patches of a layer's channels"),
     "classify": ("jaxviz.jobs.classify", "top-k classes with names and probabilities per image"),
     "occlusion": ("jaxviz.jobs.occlusion", "occlusion: class-score heat maps as a patch slides"),
+    "saliency": ("jaxviz.jobs.attribution", "vanilla gradient saliency maps (Simonyan 2014)"),
+    "guided": ("jaxviz.jobs.attribution", "guided backpropagation (Springenberg 2015)"),
+    "gradcam": ("jaxviz.jobs.attribution", "Grad-CAM / Guided Grad-CAM at any stage (Selvaraju)"),
+    "ig": ("jaxviz.jobs.attribution", "integrated gradients with completeness (Sundararajan)"),
+    "smoothgrad": ("jaxviz.jobs.attribution", "SmoothGrad: noise-averaged gradients (Smilkov)"),
     "features": ("jaxviz.jobs.features", "features of a dataset to .npy shards + a FAISS index"),
     "neighbors": ("jaxviz.jobs.neighbors", "k nearest images of queries in a features index"),
     "tsne": ("jaxviz.jobs.tsne", "t-SNE of stored features: scatter by label + image-grid mosaic"),
@@ -44,11 +50,16 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # schedulers stop jobs with SIGTERM: checkpoint
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
     except UsageError as e:

@@ -67,7 +67,25 @@ class ActivationWriter:
                 }
             )
 
+    def state(self) -> np.ndarray:
+        """Source indices written so far (their files are on disk)."""
+        return np.asarray([it["index"] for it in self.items], np.int64)
+
+    def load_state(self, state: np.ndarray | None) -> None:
+        self.items = [] if state is None else [self._item(int(i)) for i in state]
+
+    def _item(self, i: int) -> dict:
+        stem = f"{self.layer}_{i:07d}"
+        return {
+            "index": i,
+            "id": self.source.info(i).id,
+            "png": f"{stem}.png",
+            "npy": f"npy/{stem}.npy",
+        }
+
     def finish(self) -> dict:
+        for it in self.items:
+            self.out.files += [f for f in (it["npy"], it["png"]) if f not in self.out.files]
         self.out.json("items.json", self.items)
         return {"images": len(self.items)}
 

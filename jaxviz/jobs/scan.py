@@ -8,8 +8,11 @@ pass this way (the sweep relies on it).
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import jax
@@ -22,6 +25,7 @@ from jaxviz.jobs.output import JobOutput
 from jaxviz.models.stage import Model, Params, forward
 from jaxviz.runtime.devices import batch_sharding, local_mesh, replicated, round_up
 from jaxviz.runtime.progress import Progress
+from jaxviz.runtime.signals import deferred_interrupts
 
 
 class Consumer(Protocol):
@@ -36,6 +40,8 @@ class Consumer(Protocol):
 
     name: str
     taps: tuple[str, ...]
+
+    # optional, for checkpoints: state() -> pytree of numpy arrays (or None); load_state(state)
 
     def reduce(self, taps: dict[str, jax.Array], mask: jax.Array) -> Any: ...
 
@@ -58,6 +64,53 @@ def make_step(model: Model, consumers: Sequence[Consumer], dtype=jnp.float32) ->
     return step
 
 
+class ScanCheckpoint:
+    """The streaming state of a scan, saved with orbax every `every` batches and on interrupt.
+
+    Holds the next source index, every consumer's `state()` (consumers without one cannot be
+    resumed), the image count and the skipped inputs before that index. A run that finds a
+    checkpoint of the same `signature` continues from it; results equal an uninterrupted run.
+    """
+
+    def __init__(self, directory: str | Path, signature: str, every: int = 20):
+        import orbax.checkpoint as ocp
+
+        self.directory, self.signature, self.every = Path(directory), signature, every
+        self._ocp = ocp
+        self._manager = ocp.CheckpointManager(
+            self.directory.absolute(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False),
+        )
+
+    def restore(self) -> dict | None:
+        step = self._manager.latest_step()
+        if step is None:
+            return None
+        state = self._manager.restore(step, args=self._ocp.args.StandardRestore())
+        meta = json.loads(bytes(np.asarray(state["meta"], np.uint8)).decode())
+        if meta["signature"] != self.signature:
+            return None
+        return {"meta": meta, "consumers": state.get("consumers", {})}
+
+    def save(self, meta: dict, consumers: dict) -> None:
+        meta = {**meta, "signature": self.signature}
+        step = (self._manager.latest_step() or 0) + 1
+        blob = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        state = {"meta": blob, "consumers": {k: v for k, v in consumers.items() if v is not None}}
+        self._manager.save(step, args=self._ocp.args.StandardSave(state), force=True)
+        self._manager.wait_until_finished()
+
+    def remove(self) -> None:
+        self._manager.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _state(c: Consumer) -> Any:
+    if not hasattr(c, "state"):
+        raise TypeError(f"consumer {c.name} has no state(): it cannot be checkpointed")
+    return c.state()
+
+
 def scan(
     model: Model,
     params: Params,
@@ -71,13 +124,14 @@ def scan(
     dtype=jnp.float32,
     process_index: int = 0,
     process_count: int = 1,
-    on_batch: Callable[[Batch], None] | None = None,
+    checkpoint: ScanCheckpoint | None = None,
     desc: str = "scan",
 ) -> dict[str, dict]:
     """Stream source[start:stop] through the model once; every consumer sees every good image.
 
     batch_size is rounded up to a multiple of the local device count. Skipped inputs go to
-    `out.skip`; `on_batch(batch)` runs after every consumer has taken the batch (checkpoints).
+    `out.skip` (in source order). With a `checkpoint`, the state is saved every few batches
+    and on interrupt (KeyboardInterrupt, SIGTERM turned into one), and a rerun resumes from it.
     Returns {consumer name: consumer.finish()}.
     """
     mesh = local_mesh()
@@ -86,41 +140,76 @@ def scan(
     params = jax.device_put(params, replicated(mesh))
     step = make_step(model, consumers, dtype)
     total = len(shard_indices(len(source), start, stop, process_index, process_count))
+    skips: list[tuple[int, str, str]] = []
+    done = {"batches": 0, "images": 0, "next_index": start}
+    restored = checkpoint.restore() if checkpoint else None
+    if restored:
+        meta = restored["meta"]
+        done.update(batches=meta["batches"], images=meta["images"], next_index=meta["next_index"])
+        skips = [tuple(s) for s in meta["skips"]]
+        for c in consumers:
+            c.load_state(restored["consumers"].get(c.name))
 
     def skip(i: int, item_id: str, reason: str) -> None:
-        out.skip(item_id, reason)
-        out.count("skipped")
+        skips.append((i, item_id, reason))
         bar.update(1)
+
+    def save() -> None:
+        nxt = done["next_index"]
+        meta = {
+            "batches": done["batches"],
+            "images": done["images"],
+            "next_index": nxt,
+            "skips": [s for s in skips if s[0] < nxt],
+        }
+        checkpoint.save(meta, {c.name: _state(c) for c in consumers})
 
     def finish_batch(batch: Batch, result: dict) -> None:
         result = jax.tree.map(np.asarray, result)
-        for c in consumers:
-            c.update(batch, result[c.name])
-        out.count("images", batch.count)
+        with deferred_interrupts():  # consumers and counters move together, or not at all
+            for c in consumers:
+                c.update(batch, result[c.name])
+            done["batches"] += 1
+            done["images"] += batch.count
+            done["next_index"] = batch.next_index
         bar.update(batch.count)
-        if on_batch is not None:
-            on_batch(batch)
+        if checkpoint and done["batches"] % checkpoint.every == 0:
+            save()
 
     with Progress(total, desc) as bar:
+        bar.update(done["images"] + len(skips))
         pending = None
-        for batch in stream(
-            source,
-            model.preprocess,
-            batch_size,
-            start=start,
-            stop=stop,
-            process_index=process_index,
-            process_count=process_count,
-            on_skip=skip,
-        ):
-            images = jax.device_put(batch.images, data_sharding)
-            mask = jax.device_put(batch.mask, data_sharding)
-            result = step(params, images, mask)  # dispatched asynchronously
+        try:
+            for batch in stream(
+                source,
+                model.preprocess,
+                batch_size,
+                start=done["next_index"],
+                stop=stop,
+                process_index=process_index,
+                process_count=process_count,
+                on_skip=skip,
+            ):
+                images = jax.device_put(batch.images, data_sharding)
+                mask = jax.device_put(batch.mask, data_sharding)
+                result = step(params, images, mask)  # dispatched asynchronously
+                if pending is not None:
+                    finish_batch(*pending)
+                pending = (batch, result)
             if pending is not None:
                 finish_batch(*pending)
-            pending = (batch, result)
-        if pending is not None:
-            finish_batch(*pending)
+                pending = None
+        except KeyboardInterrupt:
+            if checkpoint:
+                save()
+            raise
+    if checkpoint:
+        done["next_index"] = len(source) if stop is None else min(stop, len(source))
+        save()
+    for _, item_id, reason in sorted(skips):
+        out.skip(item_id, reason)
+    out.count("skipped", len(skips))
+    out.count("images", done["images"])
     return {c.name: c.finish() for c in consumers}
 
 
@@ -148,8 +237,13 @@ class ScanJob:
         run_scan_jobs([self])
 
 
-def run_scan_jobs(jobs: Sequence[ScanJob], desc: str = "scan") -> None:
-    """Run jobs that share model, data and batch settings as one pass over the data."""
+def run_scan_jobs(jobs: Sequence[ScanJob], desc: str = "scan", checkpoint_every: int = 20) -> None:
+    """Run jobs that share model, data and batch settings as one pass over the data.
+
+    The pass is checkpointed under the first job's `--out/.scan-checkpoint` (when every
+    consumer has a state) and resumes from there; the checkpoint is removed once every job has
+    written its outputs.
+    """
     first = jobs[0]
     for j in jobs[1:]:
         if j.key != first.key:

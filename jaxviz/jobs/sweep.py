@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import signal
 import sys
 import time
 import traceback
@@ -163,10 +162,6 @@ def run_study(study: Study, out: Path, restart: bool) -> int:
     log = EventLog(out / "events.jsonl")
     log("sweep_start", study=study.name, digest=study.digest, resumed=bool(state["done"]))
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, on_term)
     t0 = time.time()
     try:
         for jobs in study.parts.values():
@@ -205,7 +200,6 @@ def run_study(study: Study, out: Path, restart: bool) -> int:
                 save_json(state_path, state)
                 log("job_done", jobs=keys, seconds=seconds)
     finally:
-        signal.signal(signal.SIGTERM, previous)
         save_json(state_path, state)
     log("sweep_done", seconds=time.time() - t0, failed=sorted(state["failed"]))
     summary = write_study_report(
