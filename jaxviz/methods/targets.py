@@ -29,14 +29,18 @@ PRED = -1
 ScoreFn = Callable[[jax.Array], jax.Array]  # [N, ...] input -> [N, K] logits
 
 
-def parse_target(spec: str, num_classes: int) -> int:
-    """`--target`: 'pred' -> PRED, or a class index in [0, num_classes)."""
+def parse_target(spec: str, num_classes: int, class_names: tuple[str, ...] | None = None) -> int:
+    """`--target`: 'pred' -> PRED, or a class index in [0, num_classes), or a class name."""
     if spec == "pred":
         return PRED
+    names = tuple(class_names or ())
+    if spec in names:
+        return names.index(spec)
     try:
         k = int(spec)
     except ValueError:
-        raise UsageError(f"--target must be 'pred' or a class index, got {spec!r}") from None
+        hint = f" or a class name ({', '.join(names[:5])}, ...)" if names else ""
+        raise UsageError(f"--target must be 'pred', a class index{hint}; got {spec!r}") from None
     if not 0 <= k < num_classes:
         raise UsageError(f"--target {k} out of range; the model has classes 0..{num_classes - 1}")
     return k

@@ -1,0 +1,301 @@
+"""`jaxviz saliency|guided|gradcam|ig|smoothgrad`: gradient attributions for every image of a
+source. The subcommand (`args.command`) picks the method; one compiled function per job runs a
+whole batch, sharded over local devices.
+
+Per image (stem = 7-digit source index): `npy/STEM.npy` with the raw attribution (saliency:
+[H, W]; guided, ig, smoothgrad: [H, W, C]; gradcam: [h, w] at the layer's resolution) and
+`STEM.png`, the heat map over the image titled with the explained class. The manifest holds a
+per-image summary in items.json, the pointing game on sources with boxes (the shapes set), the
+completeness error for ig, and with --faithfulness the deletion/insertion AUCs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxviz.data.pipeline import stream
+from jaxviz.data.sources import open_source
+from jaxviz.errors import UsageError
+from jaxviz.jobs.common import (
+    add_data_args,
+    add_model_args,
+    add_out_arg,
+    model_config,
+    model_from_args,
+)
+from jaxviz.jobs.occlusion import item_box
+from jaxviz.jobs.output import JobOutput
+from jaxviz.methods import faithfulness as faith
+from jaxviz.methods.gradcam import check_layer, default_layer, gradcam, guided_gradcam, upsample
+from jaxviz.methods.guided_backprop import guided_gradients
+from jaxviz.methods.integrated_gradients import METHODS, integrated_gradients
+from jaxviz.methods.pointing import pointing_hit
+from jaxviz.methods.saliency import channel_max, saliency
+from jaxviz.methods.smoothgrad import smoothgrad
+from jaxviz.methods.targets import chunk_for_budget, parse_target, resolve, target_array
+from jaxviz.models.stage import Model, Params, forward_fn
+from jaxviz.render.heatmap import overlay
+from jaxviz.runtime.devices import batch_sharding, local_mesh, replicated, round_up
+from jaxviz.runtime.progress import Progress
+
+TITLES = {
+    "saliency": "saliency",
+    "guided": "guided backprop",
+    "gradcam": "Grad-CAM",
+    "ig": "integrated gradients",
+    "smoothgrad": "SmoothGrad",
+}
+BASELINES = ("zero", "black", "white", "blur")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    command = p.prog.split()[-1]
+    add_model_args(p)
+    add_data_args(p)
+    add_out_arg(p, f"out/{command}")
+    p.add_argument(
+        "--target",
+        default="pred",
+        help="class explained: 'pred' (each image's predicted class), a class id or a class "
+        "name (default: pred)",
+    )
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="perturbations (IG steps, SmoothGrad samples, deletion steps) per pass; each pass "
+        "runs chunk x batch images (default: sized from --memory-mb)",
+    )
+    p.add_argument(
+        "--memory-mb",
+        type=float,
+        default=1024,
+        help="activation memory budget per pass that sizes --chunk (default: 1024)",
+    )
+    if command == "gradcam":
+        p.add_argument(
+            "--layer", default=None, help="stage explained (default: the last spatial stage)"
+        )
+        p.add_argument(
+            "--guided",
+            action="store_true",
+            help="also Guided Grad-CAM: guided backprop x upsampled map (npy/guided_STEM.npy)",
+        )
+    if command == "ig":
+        p.add_argument("--steps", type=int, default=50, help="integration steps (default: 50)")
+        p.add_argument(
+            "--method",
+            choices=METHODS,
+            default="gausslegendre",
+            help="quadrature rule, as Captum's (default: gausslegendre)",
+        )
+        p.add_argument(
+            "--baseline",
+            choices=BASELINES,
+            default="zero",
+            help="x': zero (0 in normalized units, the dataset mean colour), black, white, or "
+            "blur (a Gaussian-blurred copy of the image) (default: zero)",
+        )
+    if command == "smoothgrad":
+        p.add_argument("--samples", type=int, default=50, help="noisy copies (default: 50)")
+        p.add_argument(
+            "--noise",
+            type=float,
+            default=0.15,
+            help="noise std as a fraction of each image's value range (default: 0.15)",
+        )
+        p.add_argument("--noise-seed", type=int, default=0, help="noise seed (default: 0)")
+    p.add_argument(
+        "--faithfulness",
+        action="store_true",
+        help="also deletion/insertion AUC (Petsiuk et al. 2018) of every map",
+    )
+    p.add_argument(
+        "--faith-steps",
+        type=int,
+        default=64,
+        help="pixel-removal steps of the deletion/insertion curves (default: 64)",
+    )
+    p.add_argument(
+        "--pointing-tolerance",
+        type=float,
+        default=0.0,
+        help="pointing game: a hit within this many pixels of the box (default: 0)",
+    )
+
+
+def _baseline(model: Model, x: jax.Array, kind: str) -> jax.Array:
+    if kind == "zero":
+        return jnp.zeros_like(x)
+    if kind == "blur":
+        return faith.blur(x)
+    value = 0 if kind == "black" else 255
+    return model.preprocess.normalize(jnp.full(x.shape, value, jnp.uint8))
+
+
+def make_step(args: argparse.Namespace, model: Model, chunk: int):
+    """The jitted (params, images uint8, target [B], index [B]) -> dict of [B, ...] arrays:
+    `raw` (saved), `heat` [B, H, W] (drawn, pointing game), `target`, `prob`, extras."""
+    cmd = args.command
+
+    def step(params: Params, images: jax.Array, target: jax.Array, index: jax.Array) -> dict:
+        x = model.preprocess.normalize(images)
+        logits = forward_fn(model)(params, x)
+        t = resolve(logits, target)
+        out = {"target": t, "prob": jax.nn.softmax(logits, -1)[jnp.arange(t.shape[0]), t]}
+        size = x.shape[1:3]
+        if cmd == "saliency":
+            out["raw"] = out["heat"] = saliency(model, params, x, t)
+        elif cmd == "guided":
+            out["raw"] = guided_gradients(model, params, x, t)
+            out["heat"] = channel_max(out["raw"])
+        elif cmd == "gradcam":
+            out["raw"] = gradcam(model, params, x, t, args.layer)
+            out["heat"] = upsample(out["raw"], size)
+            if args.guided:
+                out["guided"] = guided_gradcam(model, params, x, t, args.layer)
+        elif cmd == "ig":
+            base = _baseline(model, x, args.baseline)
+            res = integrated_gradients(model, params, x, t, base, args.steps, args.method, chunk)
+            out["raw"], out["heat"] = res.attributions, jnp.abs(res.attributions).sum(-1)
+            out["completeness_error"] = res.completeness_error
+            out["delta"] = res.delta
+        else:
+            keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(args.noise_seed), index)
+            span = x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3))
+            out["raw"] = smoothgrad(
+                model, params, x, t, keys, args.noise * span, args.samples, chunk
+            )
+            out["heat"] = channel_max(out["raw"])
+        if args.faithfulness:
+            per = -(-(size[0] * size[1]) // args.faith_steps)
+            for mode, sub in (("deletion", jnp.zeros_like(x)), ("insertion", faith.blur(x))):
+                curve = faith.deletion_insertion(
+                    model, params, x, out["heat"], t, sub, mode, per, chunk
+                )
+                out[mode] = faith.auc(curve)
+        return out
+
+    return jax.jit(step)
+
+
+def run(args: argparse.Namespace) -> int:
+    model, params = model_from_args(args)
+    cmd = args.command
+    if cmd == "gradcam":
+        args.layer = args.layer or default_layer(model)
+        check_layer(model, args.layer)
+    for name in ("steps", "samples", "chunk", "faith_steps"):
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    if cmd == "ig" and args.steps < 2 and args.method != "gausslegendre":
+        raise UsageError("--steps must be at least 2 for the Riemann rules")
+    target = parse_target(args.target, model.num_classes, model.class_names)
+    source = open_source(args.data)
+    mesh = local_mesh()
+    batch_size = round_up(args.batch_size, mesh.size)
+    chunk = args.chunk or chunk_for_budget(model, batch_size, model.input_size, args.memory_mb)
+    config = {
+        **model_config(args),
+        **{k: v for k, v in vars(args).items() if k not in ("model", "func")},
+        "batch_size": batch_size,
+        "chunk": chunk,
+    }
+    out = JobOutput(args.out, cmd, config)
+    step = make_step(args, model, chunk)
+    params = jax.device_put(params, replicated(mesh))
+    sharding = batch_sharding(mesh)
+    n = len(source) if args.limit is None else min(args.limit, len(source))
+    items, hits, stats = [], [], {"completeness_error": [], "deletion": [], "insertion": []}
+    batches = stream(
+        source,
+        model.preprocess,
+        batch_size,
+        stop=n,
+        on_skip=lambda i, item, reason: out.skip(item, reason),
+    )
+    with Progress(n, cmd) as bar:
+        for batch in batches:
+            t0 = time.perf_counter()
+            put = functools.partial(jax.device_put, device=sharding)
+            res = step(
+                params,
+                put(batch.images),
+                put(np.asarray(target_array(target, batch_size))),
+                put(batch.index.astype(np.int32)),
+            )
+            res = jax.tree.map(np.asarray, res)
+            out.timing("attribution_s", time.perf_counter() - t0)
+            for row in np.flatnonzero(batch.mask):
+                i = int(batch.index[row])
+                item = write_item(out, args, model, batch.images[row], i, res, row)
+                item["id"] = source.info(i).id
+                box = item_box(source, i, model)
+                if box is not None:
+                    hits.append(pointing_hit(res["heat"][row], box, args.pointing_tolerance))
+                    item["pointing_hit"] = hits[-1]
+                for k, v in stats.items():
+                    if k in res:
+                        v.append(float(res[k][row]))
+                items.append(item)
+            out.count("images", batch.count)
+            bar.update(batch.count)
+    out.json("items.json", items)
+    out.results.update(summary(out, hits, stats, args))
+    out.finish()
+    score = out.results["pointing_game"]["score"]
+    print(
+        f"{out.counts.get('images', 0)} images, {len(out.skipped)} skipped, pointing game "
+        f"{'n/a' if score is None else f'{score:.3f}'} -> {args.out}"
+    )
+    return 0
+
+
+def write_item(
+    out: JobOutput,
+    args: argparse.Namespace,
+    model: Model,
+    image: np.ndarray,
+    i: int,
+    res: dict,
+    row: int,
+) -> dict:
+    """Save one image's attribution (+ Guided Grad-CAM) and overlay; its manifest summary."""
+    stem = f"{i:07d}"
+    cls, prob = int(res["target"][row]), float(res["prob"][row])
+    name = model.class_name(cls)
+    out.npy(f"npy/{stem}.npy", res["raw"][row])
+    what = TITLES[args.command] + (f" @{args.layer}" if args.command == "gradcam" else "")
+    out.png(f"{stem}.png", overlay(image, res["heat"][row], f"{name} (p={prob:.3f}): {what}"))
+    item = {"index": i, "target": cls, "class": name, "prob": prob, "npy": f"npy/{stem}.npy"}
+    if "guided" in res:
+        out.npy(f"npy/guided_{stem}.npy", res["guided"][row])
+    for k in ("completeness_error", "delta", "deletion", "insertion"):
+        if k in res:
+            item[k] = float(res[k][row])
+    return item
+
+
+def summary(out: JobOutput, hits: list[bool], stats: dict, args: argparse.Namespace) -> dict:
+    images = out.counts.get("images", 0)
+    res = {
+        "images": images,
+        "images_per_s": images / max(out.timings.get("attribution_s", 0.0), 1e-9),
+        "pointing_game": {
+            "score": float(np.mean(hits)) if hits else None,
+            "images_with_box": len(hits),
+            "tolerance_px": args.pointing_tolerance,
+        },
+    }
+    for k, v in stats.items():
+        if v:
+            a = np.asarray(v)
+            res[k] = {"mean": float(a.mean()), "median": float(np.median(a)), "max": float(a.max())}
+    return res
