@@ -144,11 +144,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--index",
         default="auto",
         help="k-NN index: auto (Flat below 1M vectors, else IVF or IVF,PQ), Flat, IVF, IVF,PQ, "
-        "a FAISS factory string such as 'IVF4096,PQ64', or none (default: auto)",
+        "a FAISS factory string such as 'IVF4096,PQ64', or none (default: auto); on the GPUs "
+        "when faiss-gpu sees any",
     )
     p.add_argument("--metric", choices=METRICS, default="l2", help="distance (default: l2)")
     p.add_argument(
-        "--nprobe", type=int, default=None, help="IVF cells searched per query (default: nlist/64)"
+        "--nprobe",
+        type=int,
+        default=None,
+        help="IVF cells searched per query (default: nlist/64, at least 8)",
     )
     p.add_argument(
         "--eval-k",
@@ -156,7 +160,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=5,
         help="report precision@k of same-label neighbours when labels are known (0: skip)",
     )
-    p.add_argument("--shard-mb", type=int, default=64, help="MiB of features per shard file")
+    p.add_argument(
+        "--shard-mb", type=int, default=64, help="MiB of features per shard file (default: 64)"
+    )
 
 
 def prepare(args: argparse.Namespace) -> ScanJob:

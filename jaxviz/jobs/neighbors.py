@@ -45,9 +45,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "index's model",
     )
     p.add_argument("--k", type=int, default=5, help="neighbours per query (default: 5)")
-    p.add_argument("--nprobe", type=int, default=None, help="IVF cells searched per query")
+    p.add_argument(
+        "--nprobe",
+        type=int,
+        default=None,
+        help="IVF cells searched per query (default: the index's)",
+    )
     p.add_argument("--thumb", type=int, default=96, help="tile side in the grids, px (default 96)")
-    p.add_argument("--batch-size", type=int, default=32, help="query images per batch")
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="query images per batch (default: 32)"
+    )
     p.add_argument("--limit", type=int, default=None, help="use at most this many query images")
     add_out_arg(p, "out/neighbors")
 
