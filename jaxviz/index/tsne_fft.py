@@ -8,7 +8,8 @@ equispaced Lagrange nodes per box and axis. Charges are spread from points to no
 Lagrange weights, convolved with the kernel on the (uniform) node grid by FFT, and the potentials
 interpolated back to the points. Deviation from FIt-SNE: the normalization Z = sum_ij q_ij uses its
 own Cauchy-kernel channel (charge 1, kernel 1/(1+r^2)) instead of FIt-SNE's expansion of
-(1 + |y_i - y_j|^2) over the squared kernel, which cancels badly in float32; still 4 channels.
+(1 + |y_i - y_j|^2) over the squared kernel, which cancels badly in float32; it shares the charge
+grid of the squared kernel's first channel, so 3 charge FFTs, 2 kernel FFTs and 4 inverse FFTs.
 """
 
 from __future__ import annotations
@@ -70,21 +71,20 @@ def interpolated_repulsion(
     w = (wx[:, :, None] * wy[:, None, :]).reshape(n, -1)  # [N, p*p]
 
     yc = y - center
-    ones = jnp.ones((n, 1), y.dtype)
-    charges = jnp.concatenate([ones, yc, ones], axis=1)  # [N, 4]
-    spread = (w[:, :, None] * charges[:, None, :]).reshape(-1, 4)
+    charges = jnp.concatenate([jnp.ones((n, 1), y.dtype), yc], axis=1)  # [N, 3]: 1, y_x, y_y
+    spread = (w[:, :, None] * charges[:, None, :]).reshape(-1, 3)
     grid = jax.ops.segment_sum(spread, flat.reshape(-1), num_segments=m * m)
-    grid = grid.reshape(m, m, 4)
+    grid = grid.reshape(m, m, 3)
 
     # kernels on the circulant embedding of the node grid: offsets 0..m-1, then -(m-1)..-1
     off = jnp.arange(2 * m)
     off = jnp.where(off < m, off, off - 2 * m).astype(jnp.float32) * spacing
-    r2 = off[:, None] ** 2 + off[None, :] ** 2
-    cauchy = 1.0 / (1.0 + r2)
-    kernels = jnp.stack([cauchy**2, cauchy**2, cauchy**2, cauchy], axis=-1)  # [2m, 2m, 4]
-    k_hat = jnp.fft.rfft2(kernels, axes=(0, 1))
-    c_hat = jnp.fft.rfft2(grid, s=(2 * m, 2 * m), axes=(0, 1))
-    pot = jnp.fft.irfft2(k_hat * c_hat, s=(2 * m, 2 * m), axes=(0, 1))[:m, :m]
+    cauchy = 1.0 / (1.0 + off[:, None] ** 2 + off[None, :] ** 2)
+    k_hat = jnp.fft.rfft2(jnp.stack([cauchy**2, cauchy], axis=-1), axes=(0, 1))  # [2m, m+1, 2]
+    c_hat = jnp.fft.rfft2(grid, s=(2 * m, 2 * m), axes=(0, 1))  # [2m, m+1, 3]
+    # channels: (1, y_x, y_y) against the squared kernel, then 1 against the Cauchy kernel
+    prod = jnp.concatenate([k_hat[..., :1] * c_hat, k_hat[..., 1:] * c_hat[..., :1]], axis=-1)
+    pot = jnp.fft.irfft2(prod, s=(2 * m, 2 * m), axes=(0, 1))[:m, :m]
     pot = pot.reshape(m * m, 4)
 
     phi = jnp.einsum("nk,nkc->nc", w, pot[flat])  # [N, 4]
