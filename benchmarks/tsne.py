@@ -4,6 +4,7 @@
                                                 # openTSNE (all cores), sklearn (up to 10k)
     python benchmarks/tsne.py --size smoke      # N = 500, every backend, seconds
     python benchmarks/tsne.py --size 200k       # jax interpolated at N = 200k, peak RSS
+    python benchmarks/tsne.py --size parity --features DIR   # 5k: jax exact/interpolated, openTSNE
     python benchmarks/tsne.py --features DIR    # rows of a `jaxviz features` store instead
 
 Data (default): a Gaussian mixture in 50-D (20 clusters of random widths, sklearn make_blobs),
@@ -34,6 +35,7 @@ SIZES = {
     "smoke": ([500], (50, 100)),
     "full": ([2_000, 10_000, 50_000], (250, 500)),
     "200k": ([200_000], (250, 500)),
+    "parity": ([5_000], (250, 500)),
 }
 EXACT_MAX = 2_000  # exact O(N^2) repulsion beyond this takes too long on a CPU
 SKLEARN_MAX = 10_000
@@ -50,6 +52,8 @@ def mixture(n: int, dim: int = 50, seed: int = 0) -> tuple[np.ndarray, np.ndarra
 def cases(n: int, size: str) -> list[tuple[str, str]]:
     if size == "200k":
         return [("jax", "interpolated")]
+    if size == "parity":
+        return [("jax", "exact"), ("jax", "interpolated"), ("opentsne", "auto")]
     out = []
     if n <= EXACT_MAX:
         out.append(("jax", "exact"))
