@@ -161,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--top must be >= 1, got {args.top}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.patch_size < 0:
+        raise UsageError(f"--patch-size must be >= 0 (0: automatic), got {args.patch_size}")
     model, params = model_from_args(args)
     rf, n_channels = _spatial_layer(model, args.layer)
     channels = parse_channels(args.channels, n_channels)
@@ -196,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
     )
     top, st = res[miner.name], res[stats.name]
     if st["units"] == 0:
-        raise UsageError(f"--data {args.data}: no usable images")
+        out.finish()  # the manifest still lists every skipped input and why
+        raise UsageError(f"--data {args.data}: no usable images (see {out.path('manifest.json')})")
     crops = cut_patches(source, model.preprocess, rf, top, size, out)
     write_outputs(out, model.name, args.layer, rf, chans, top, st, crops, source)
     out.finish()
