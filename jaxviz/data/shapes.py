@@ -80,7 +80,7 @@ class ShapesSet:
         s = self.size
         background = _background(rng, s)
         # object size (extent in pixels) and centre, kept inside the image with a margin
-        extent = rng.uniform(0.3, 0.62) * s
+        extent = rng.uniform(0.4, 0.65) * s
         half = extent / 2
         cy, cx = rng.uniform(half + 1, s - half - 1, size=2)
         alpha = _draw_object(CLASS_NAMES[label], rng, s, cy, cx, extent)
@@ -200,7 +200,8 @@ def _draw_object(name: str, rng: np.random.Generator, s: int, cy, cx, extent) ->
         pts = [(0, -r), (w, 0), (0, r), (-w, 0)]
         d.polygon([(cx + x * c - y * si, cy + x * si + y * c) for x, y in pts], fill=255)
     elif name == "hexagon":
-        d.polygon(_regular(cy, cx, r, 6, rot), fill=255)
+        # flat top and bottom edges (turned at most 15 degrees) tell it from a circle
+        d.polygon(_regular(cy, cx, r, 6, small), fill=255)
     elif name == "crescent":
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
         ri = r * rng.uniform(0.75, 0.9)
