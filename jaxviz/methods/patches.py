@@ -27,28 +27,31 @@ from PIL import Image
 TopK = dict[str, np.ndarray]  # {"values" f32, "image" i64, "y" i32, "x" i32}, each [C, k]
 
 
-def _local_top_k(acts: jax.Array, mask: jax.Array, k: int, per_image_max: bool):
+def _local_top_k(
+    acts: jax.Array, mask: jax.Array, k: int, per_image_max: bool
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Top-k of one device's rows: acts [B, P, C] (P positions), mask [B] ->
-    values [C, k'] float32 and flat indices [C, k'] into (row, position).
+    values [C, k'] float32, rows and positions [C, k'] int32.
 
-    All positions: the images are blocks of P consecutive units, so the top k units lie in the
-    k images with the largest maxima (on equal maxima the lower image wins: every unit of it
-    ranks before the later image's). Only those k images' units go through the final top_k,
-    kept in image order so ties still resolve by flat index. Saves sorting the whole map and
-    masking it (both slow on CPU); padding rows are masked on the [B, C] maxima and candidates.
+    The images are blocks of P consecutive units, so the top k units lie in the k images with
+    the largest maxima (on equal maxima the lower image wins: every unit of it ranks before the
+    later image's). Only those images' maps are gathered: per image, the first position of its
+    maximum; for all positions, one top_k over their units, kept in image order so that ties
+    still resolve by flat index. This avoids masking, sorting or argmax-ing the whole map (all
+    slow on CPU); padding rows are masked on the [B, C] maxima and on the candidates.
     """
     b, p, c = acts.shape
     best = jnp.where(mask[:, None], jnp.max(acts, axis=1), -jnp.inf).T  # [C, B]
+    vals, rows = jax.lax.top_k(best, min(k, b))  # [C, kb]
+    if not per_image_max:
+        rows = jnp.sort(rows, axis=1)  # image order
+    cand = acts[rows[:, :, None], jnp.arange(p)[None, None, :], jnp.arange(c)[:, None, None]]
+    cand = jnp.where(mask[rows][:, :, None], cand, -jnp.inf).astype(jnp.float32)  # [C, kb, P]
     if per_image_max:
-        vals, rows = jax.lax.top_k(best, min(k, b))
-        return vals.astype(jnp.float32), rows
-    _, rows = jax.lax.top_k(best, min(k, b))
-    rows = jnp.sort(rows, axis=1)  # [C, kb], image order
-    chan = jnp.arange(c)[:, None, None]
-    cand = acts[rows[:, :, None], jnp.arange(p)[None, None, :], chan]  # [C, kb, P]
-    cand = jnp.where(mask[rows][:, :, None], cand, -jnp.inf).astype(jnp.float32)
+        first = jnp.where(cand == vals[:, :, None].astype(jnp.float32), jnp.arange(p), p - 1)
+        return vals.astype(jnp.float32), rows, jnp.min(first, axis=2)
     vals, j = jax.lax.top_k(jnp.reshape(cand, (c, -1)), min(k, cand.shape[1] * p))
-    return vals, jnp.take_along_axis(rows, j // p, axis=1) * p + j % p
+    return vals, jnp.take_along_axis(rows, j // p, axis=1), j % p
 
 
 def batch_top_k(
@@ -70,36 +73,29 @@ def batch_top_k(
     """
     b, h, w, c = acts.shape
     acts = jnp.reshape(acts, (b, h * w, c))
-    per_row = 1 if per_image_max else h * w
     g = 1 if mesh is None else mesh.size
     if g == 1:
-        vals, idx = _local_top_k(acts, mask, k, per_image_max)
+        vals, row, pos = _local_top_k(acts, mask, k, per_image_max)
     else:
         (axis,) = mesh.axis_names
         spec = PartitionSpec(axis)
 
-        def local(a: jax.Array, m: jax.Array) -> tuple[jax.Array, jax.Array]:  # -> [1, C, kl]
-            v, i = _local_top_k(a, m, k, per_image_max)
-            return v[None], (i + jax.lax.axis_index(axis) * a.shape[0] * per_row)[None]
+        def local(a: jax.Array, m: jax.Array) -> tuple[jax.Array, ...]:  # -> [1, C, kl] each
+            v, r, p = _local_top_k(a, m, k, per_image_max)
+            return v[None], (r + jax.lax.axis_index(axis) * a.shape[0])[None], p[None]
 
-        vals, idx = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec), out_specs=(spec, spec))(
+        out = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec), out_specs=(spec,) * 3)(
             acts, mask
         )
-        vals = jnp.reshape(jnp.transpose(vals, (1, 0, 2)), (c, -1))  # [C, G * kl], device order
-        idx = jnp.reshape(jnp.transpose(idx, (1, 0, 2)), (c, -1))
+        # [C, G * kl] in device order: equal values stay in flat-index order
+        vals, row, pos = (jnp.reshape(jnp.transpose(o, (1, 0, 2)), (c, -1)) for o in out)
         vals, sel = jax.lax.top_k(vals, min(k, vals.shape[1]))
-        idx = jnp.take_along_axis(idx, sel, axis=1)  # [C, k']
-    row = idx // per_row
-    if per_image_max:
-        pos = jnp.argmax(acts, axis=1).T  # [C, B], first maximum in row-major order
-        p = jnp.take_along_axis(pos, row, axis=1)
-    else:
-        p = idx % per_row
+        row, pos = (jnp.take_along_axis(o, sel, axis=1) for o in (row, pos))
     return {
         "values": vals,
         "row": row.astype(jnp.int32),
-        "y": (p // w).astype(jnp.int32),
-        "x": (p % w).astype(jnp.int32),
+        "y": (pos // w).astype(jnp.int32),
+        "x": (pos % w).astype(jnp.int32),
     }
 
 
