@@ -78,10 +78,12 @@ def test_index_out_of_range():
 
 
 def test_generation_speed():
+    # CPU time, not wall time: the shared test machine is loaded
     ds = ShapesSet(100_000, seed=1)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for i in range(200):
         ds.sample(i)
-    ms = (time.perf_counter() - t) / 200 * 1e3
-    print(f"\nshapes: {ms:.2f} ms per 64x64 image ({100_000 * ms / 1e3 / 60:.1f} min per 100k)")
-    assert ms < 20
+    ms = (time.process_time() - c) / 200 * 1e3
+    wall = (time.perf_counter() - t) / 200 * 1e3
+    print(f"\nshapes: {ms:.2f} ms CPU ({wall:.2f} ms wall) per 64x64 image, one thread")
+    assert ms < 10
