@@ -56,7 +56,7 @@ def test_chunk_and_device_invariance(demo_random, images):
     targets = np.array([[0, 5], [1, 2], [9, 3], [4, 4]])
     kw = dict(targets=targets, fill="mean", output="prob")
     ref = occlusion(model, params, images, 16, 6, **kw)
-    assert ref.chunk == 81  # the default budget holds every position of this tiny model
+    assert ref.chunk not in (1, 7)  # the default comes from the memory budget
     one = Mesh(np.array(jax.local_devices()[:1]), ("batch",))
     for run in (
         occlusion(model, params, images, 16, 6, chunk=1, **kw),
