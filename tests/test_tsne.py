@@ -174,3 +174,53 @@ def test_quality_metrics():
     labels = (x[:, 0] > 0).astype(int)
     assert quality.knn_accuracy(x[:, :2], labels, k=5) > 0.9
     assert quality.knn_accuracy(x[:, 1:3], labels, k=5) < 0.75
+
+
+def test_backends_front_door():
+    from jaxviz.errors import UsageError
+    from jaxviz.index.tsne import tsne
+
+    x = np.random.default_rng(5).normal(size=(120, 6)).astype(np.float32)
+    with pytest.raises(UsageError, match="choose from"):
+        tsne(x, backend="nope")
+    with pytest.raises(UsageError, match="N > 3 x perplexity"):
+        tsne(x[:60], perplexity=30)
+    for backend, n_iter in (("opentsne", 20), ("sklearn", 240)):  # sklearn wants >= 250 in all
+        coords, info = tsne(
+            x, backend=backend, perplexity=10, n_iter=n_iter, early_exaggeration_iter=10, n_jobs=1
+        )
+        assert coords.shape == (120, 2) and coords.dtype == np.float32 and np.isfinite(coords).all()
+        assert info["backend"] == backend and np.isfinite(info["kl"])
+
+
+def test_cli_tsne_on_a_feature_store(tmp_path):
+    import json
+
+    from jaxviz.cli import main
+    from jaxviz.data.sources import open_source
+    from jaxviz.index.feature_store import FeatureWriter
+    from jaxviz.jobs.output import JobOutput
+
+    spec, n = "shapes:150:3", 150
+    source = open_source(spec)
+    labels = np.array([source.info(i).label for i in range(n)])
+    x = np.eye(10, 16)[labels] * 6 + np.random.default_rng(6).normal(size=(n, 16))
+    store = JobOutput(tmp_path / "feat", "features", {})
+    writer = FeatureWriter(store, 16, meta={"source": spec, "class_names": source.class_names},
+                           shard_bytes=100 * 16 * 4)  # fmt: skip
+    writer.add(x, np.arange(n), labels, [source.info(i).id for i in range(n)])
+    writer.close()
+    out = tmp_path / "tsne"
+    argv = ["tsne", "--features", str(tmp_path / "feat"), "--backend", "jax", "--perplexity", "10"]
+    argv += ["--n-iter", "60", "--early-exaggeration-iter", "40", "--mosaic-grid", "8"]
+    assert main(argv + ["--thumb", "8", "--out", str(out)]) == 0
+    m = json.loads((out / "manifest.json").read_text())["results"]
+    assert m["n"] == n and m["tsne"]["backend"] == "jax"
+    assert m["knn_label_accuracy_k10"] > 0.9 and m["trustworthiness_k10"] > 0.9
+    assert np.load(out / "coords.npy").shape == (n, 2)
+    cells = np.load(out / "mosaic_cells.npy")
+    assert len(cells) == 64 and len(np.unique(cells)) == 64 and cells.min() >= 0
+    from PIL import Image
+
+    assert Image.open(out / "mosaic.png").size == (64, 64)
+    assert Image.open(out / "scatter.png").size[0] > 100
