@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from jaxviz.models import efficientnet_lite
+from jaxviz.models.checkpoint import CheckpointError, read_state_dict
+from jaxviz.models.convert import from_state_dict
 from jaxviz.models.stage import forward
 from jaxviz.models.zoo import load_model
 
@@ -151,30 +153,42 @@ def test_geometry_of_strided_blocks():
 
 
 def test_conversion_refuses_mismatched_state_dicts():
-    from jaxviz.models.checkpoint import read_state_dict
-
     model = efficientnet_lite.build()
     state = read_state_dict(efficientnet_lite.package_checkpoint())
-    extra = dict(state, **{"_blocks.16._bn1.weight": np.zeros(3, np.float32)})
-    with pytest.raises(ValueError, match=r"_blocks\.16\._bn1\.weight"):
-        efficientnet_lite.from_state_dict(model, extra, "extra.pth")
-    missing = {k: v for k, v in state.items() if k != "_blocks.3._bn1.running_var"}
-    with pytest.raises(ValueError, match=r"missing.*block3/batch_stats/bn1/var"):
-        efficientnet_lite.from_state_dict(model, missing, "missing.pth")
-    bad = dict(state, **{"_fc.bias": np.zeros(10, np.float32)})
-    with pytest.raises(ValueError, match=r"mis-shaped.*logits/params/dense/bias"):
-        efficientnet_lite.from_state_dict(model, bad, "bad.pth")
+    table = efficientnet_lite.name_table()
+
+    def convert(sd):
+        return from_state_dict(model, sd, table, "x.pth")
+
+    with pytest.raises(CheckpointError, match=r"unexpected \['_blocks\.16\._bn1\.weight'\]"):
+        convert(dict(state, **{"_blocks.16._bn1.weight": np.zeros(3, np.float32)}))
+    with pytest.raises(CheckpointError, match=r"missing \['_blocks\.3\._bn1\.running_var'\]"):
+        convert({k: v for k, v in state.items() if k != "_blocks.3._bn1.running_var"})
+    with pytest.raises(CheckpointError, match=r"mis-shaped.*_fc\.bias: \(10,\)"):
+        convert(dict(state, **{"_fc.bias": np.zeros(10, np.float32)}))
+    # every tensor of the file is used, and converted params equal the file's, transposed
+    params = convert(state)
+    np.testing.assert_array_equal(
+        params["block3"]["params"]["depthwise_conv"]["kernel"],
+        state["_blocks.3._depthwise_conv.weight"].transpose(2, 3, 1, 0),
+    )
+    np.testing.assert_array_equal(
+        params["logits"]["params"]["dense"]["kernel"], state["_fc.weight"].T
+    )
+    used = {k for k in state if not k.endswith("num_batches_tracked")}
+    assert used == set(table)
 
 
-def test_embedded_load_does_not_import_torch():
+def test_embedded_load_does_not_import_torch(tmp_path):
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "from jaxviz.models.zoo import load_model\n"
         "m, p = load_model('efficientnet_lite0')\n"
         "assert p['block15']['params']['depthwise_conv']['kernel'].shape == (3, 3, 1, 1152)\n"
+        "m, p = load_model('efficientnet_lite0')  # again, from the orbax cache\n"
         "print('ok')\n"
     )
-    env = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
+    env = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "JAXVIZ_CACHE": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 

@@ -17,7 +17,7 @@ from jaxviz.models.stage import forward, init_params, receptive_fields, stage_sh
 from jaxviz.models.zoo import entry
 
 # (zoo name, input size used for the test)
-MODELS = [("demo", (64, 64))]
+MODELS = [("demo", (64, 64)), ("efficientnet_lite0", (64, 64))]
 
 
 def _support_box(grad: np.ndarray) -> tuple[int, int, int, int]:

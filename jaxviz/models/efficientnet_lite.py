@@ -28,22 +28,19 @@ Stages (224x224 input):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import flax.linen as nn
 import jax
-import numpy as np
 
 from jaxviz.models import ops
-from jaxviz.models.checkpoint import read_state_dict
-from jaxviz.models.depthwise import DepthwiseConv, Padding, same_padding
+from jaxviz.models.convert import NameTable, bn_rules, conv_rules, linear_rules, load_converted
+from jaxviz.models.depthwise import DepthwiseConv, Impl, Padding, same_padding
 from jaxviz.models.geometry import IDENTITY, Geometry
 from jaxviz.models.imagenet import imagenet_class_names
 from jaxviz.models.layers import Dense, GlobalAvgPool
-from jaxviz.models.params_io import check_matches, unflatten
 from jaxviz.models.preprocess import Preprocess
-from jaxviz.models.stage import Model, Params, Stage, init_params
+from jaxviz.models.stage import Model, Params, Stage
 from jaxviz.models.zoo import ZooEntry
 
 INPUT_SIZE = (224, 224)
@@ -121,6 +118,7 @@ class MBConv(nn.Module):
 
     args: BlockArgs
     padding: Padding  # of the depthwise conv
+    depthwise_impl: Impl | None = None  # None: per platform (jaxviz.models.depthwise)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -129,7 +127,9 @@ class MBConv(nn.Module):
         if a.expand != 1:
             h = nn.Conv(a.cin * a.expand, (1, 1), use_bias=False, name="expand_conv")(h)
             h = ops.relu6(_bn("bn0")(h))
-        h = DepthwiseConv(a.kernel, a.stride, self.padding, name="depthwise_conv")(h)
+        h = DepthwiseConv(
+            a.kernel, a.stride, self.padding, self.depthwise_impl, name="depthwise_conv"
+        )(h)
         h = ops.relu6(_bn("bn1")(h))
         h = nn.Conv(a.cout, (1, 1), use_bias=False, name="project_conv")(h)
         h = _bn("bn2")(h)
@@ -142,13 +142,14 @@ class MBConv(nn.Module):
         return IDENTITY.then(dw).then(IDENTITY)
 
 
-def build() -> Model:
+def build(depthwise_impl: Impl | None = None) -> Model:
+    """The Lite0 stage chain; depthwise_impl forces one depthwise formulation (benchmarks)."""
     size = INPUT_SIZE[0]
     stem = ConvBNAct(STEM, 3, 2, _pads(size, 3, 2))
     stages = [Stage("stem", stem, stem.geometry)]
     size = -(-size // 2)
     for i, a in enumerate(block_args()):
-        block = MBConv(a, _pads(size, a.kernel, a.stride))
+        block = MBConv(a, _pads(size, a.kernel, a.stride), depthwise_impl)
         stages.append(Stage(f"block{i}", block, block.geometry))
         size = -(-size // a.stride)
     head = ConvBNAct(HEAD, 1)
@@ -171,28 +172,14 @@ def build() -> Model:
 # --- the package's checkpoint -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Rule:
-    """Where one torch tensor goes: flat jaxviz name and how the array is laid out."""
-
-    dest: str  # 'stage/collection/module/leaf'
-    kind: str  # 'conv' (OIHW -> HWIO), 'linear' ([out, in] -> [in, out]) or 'vector'
+def _conv_bn(t: NameTable, conv: str, bn: str, stage: str, dst_conv: str, dst_bn: str) -> None:
+    conv_rules(t, conv, stage, dst_conv, bias=False)
+    bn_rules(t, bn, stage, dst_bn)
 
 
-def _conv_bn(table: dict, src: str, bn_src: str, stage: str, conv: str, bn: str) -> None:
-    table[f"{src}.weight"] = _Rule(f"{stage}/params/{conv}/kernel", "conv")
-    table[f"{bn_src}.weight"] = _Rule(f"{stage}/params/{bn}/scale", "vector")
-    table[f"{bn_src}.bias"] = _Rule(f"{stage}/params/{bn}/bias", "vector")
-    table[f"{bn_src}.running_mean"] = _Rule(f"{stage}/batch_stats/{bn}/mean", "vector")
-    table[f"{bn_src}.running_var"] = _Rule(f"{stage}/batch_stats/{bn}/var", "vector")
-
-
-def name_table() -> dict[str, _Rule]:
-    """torch state-dict name -> jaxviz parameter, for every tensor the model uses.
-
-    `*.num_batches_tracked` (BatchNorm's training counter) is the only thing ignored.
-    """
-    t: dict[str, _Rule] = {}
+def name_table() -> NameTable:
+    """torch state-dict name (lukemelas style) -> jaxviz parameter, for every tensor used."""
+    t: NameTable = {}
     _conv_bn(t, "_conv_stem", "_bn0", "stem", "conv", "bn")
     for i, a in enumerate(block_args()):
         src, dst = f"_blocks.{i}.", f"block{i}"
@@ -201,35 +188,8 @@ def name_table() -> dict[str, _Rule]:
         _conv_bn(t, src + "_depthwise_conv", src + "_bn1", dst, "depthwise_conv", "bn1")
         _conv_bn(t, src + "_project_conv", src + "_bn2", dst, "project_conv", "bn2")
     _conv_bn(t, "_conv_head", "_bn1", "head", "conv", "bn")
-    t["_fc.weight"] = _Rule("logits/params/dense/kernel", "linear")
-    t["_fc.bias"] = _Rule("logits/params/dense/bias", "vector")
+    linear_rules(t, "_fc", "logits", "dense")
     return t
-
-
-_LAYOUT = {
-    "conv": lambda a: np.transpose(a, (2, 3, 1, 0)),
-    "linear": lambda a: np.transpose(a, (1, 0)),
-    "vector": lambda a: a,
-}
-
-
-def from_state_dict(model: Model, state: dict[str, np.ndarray], source: str) -> Params:
-    """Params for `model` from a lukemelas-style state dict (numpy arrays), via `name_table`.
-
-    Raises ValueError listing unmapped names, and (via check_matches) missing or mis-shaped ones.
-    """
-    table = name_table()
-    unmapped = sorted(k for k in state if k not in table and not k.endswith(".num_batches_tracked"))
-    if unmapped:
-        raise ValueError(f"{source}: tensors not used by {model.name}: {unmapped}")
-    flat = {
-        rule.dest: np.ascontiguousarray(_LAYOUT[rule.kind](np.asarray(state[name], np.float32)))
-        for name, rule in table.items()
-        if name in state
-    }
-    like = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-    check_matches(like, flat, source)
-    return {st.name: {} for st in model.stages} | unflatten(flat)
 
 
 def package_checkpoint() -> str:
@@ -240,8 +200,9 @@ def package_checkpoint() -> str:
 
 
 def load_checkpoint(model: Model, path: str) -> Params:
-    """Params from a lukemelas-style `.pth`/`.safetensors` file (read without torch)."""
-    return from_state_dict(model, read_state_dict(path), path)
+    """Params from a lukemelas-style `.pth`/`.safetensors` file (read without torch, converted
+    through `name_table`, cached by jaxviz.models.convert)."""
+    return load_converted(model, path, name_table())
 
 
 def embedded(model: Model) -> Params:
