@@ -72,6 +72,10 @@ def main() -> None:
     p.add_argument("--size", choices=sorted(SIZES), default="full")
     p.add_argument("--features", default=None, help="a `jaxviz features` folder (default: blobs)")
     p.add_argument("--only", default=None, help="comma list of backend:mode cases to run")
+    p.add_argument("--n", default=None, help="comma list of N overriding the size's list")
+    p.add_argument(
+        "--iters", default=None, help="EE,normal iterations overriding the size's (e.g. 50,100)"
+    )
     args = p.parse_args()
     import jax
 
@@ -87,6 +91,10 @@ def main() -> None:
 
         store = FeatureStore(args.features)
     sizes, (ee_iter, n_iter) = SIZES[args.size]
+    if args.n:
+        sizes = [int(v) for v in args.n.split(",")]
+    if args.iters:
+        ee_iter, n_iter = (int(v) for v in args.iters.split(","))
     for n in sizes:
         if store is not None:
             n = min(n, len(store))
@@ -103,13 +111,14 @@ def main() -> None:
                 mode=mode,
                 n_iter=n_iter,
                 early_exaggeration_iter=ee_iter,
-                progress=False,
+                progress=True,
             )
             wall = time.perf_counter() - t0
             trust, used = trustworthiness(x, coords, k=10)
             row = {
                 "case": f"{backend}:{info.get('mode', mode)}",
                 "n": n,
+                "iters": [ee_iter, n_iter],
                 "dim": int(x.shape[1]),
                 "wall_s": round(wall, 2),
                 "kl": info.get("kl"),
