@@ -56,7 +56,7 @@ MODELS = ("alexnet", "resnet18", "vgg16", "efficientnet_lite0", "efficientnet_li
 TARGETS = {"alexnet": 1.0, "resnet18": 0.8, "vgg16": 0.8, "efficientnet_lite0": 0.5}
 SIZES = {  # batch, timed repetitions, warm-up calls
     "smoke": {"batch": 2, "reps": 1, "warmup": 1},
-    "full": {"batch": 32, "reps": 5, "warmup": 2},
+    "full": {"batch": 32, "reps": 3, "warmup": 1},
 }
 LITE0_TORCH_TAPS = {
     "stem": "_bn0",
