@@ -17,7 +17,15 @@ from jaxviz.models.stage import forward, init_params, receptive_fields, stage_sh
 from jaxviz.models.zoo import entry
 
 # (zoo name, input size used for the test)
-MODELS = [("demo", (64, 64)), ("efficientnet_lite0", (64, 64))]
+MODELS = [
+    ("demo", (64, 64)),
+    ("efficientnet_lite0", (64, 64)),
+    # the smallest sizes at which floor-mode pooling drops no input pixel
+    ("alexnet", (63, 63)),
+    ("vgg16", (32, 32)),
+    ("resnet18", (32, 32)),
+    ("resnet50", (32, 32)),
+]
 
 
 def _support_box(grad: np.ndarray) -> tuple[int, int, int, int]:
@@ -58,6 +66,15 @@ def test_receptive_field_matches_gradient_support(name, size):
             ):
                 g = _unit_grad(model, params, x, stage, y, xx)
             assert _support_box(g) == box, (stage, y, xx, _support_box(g), box)
+
+
+def test_alexnet_conv5_and_pool5_geometry_at_224():
+    model = entry("alexnet").build()
+    shapes, rfs = stage_shapes(model, (224, 224)), receptive_fields(model)
+    assert shapes["conv5"] == (13, 13, 256) and shapes["pool5"] == (6, 6, 256)
+    assert rfs["conv5"].size == (163, 163) and rfs["conv5"].stride == (16, 16)
+    assert rfs["pool5"].size == (195, 195) and rfs["pool5"].stride == (32, 32)
+    assert model.stage_names.index("conv5") + 1 == model.stage_names.index("pool5")
 
 
 def test_geometry_composition_matches_conv_chain():
