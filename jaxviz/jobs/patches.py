@@ -1,8 +1,9 @@
 """`jaxviz patches`: maximally activating patches of a layer's channels over a dataset.
 
-One streaming pass (jobs/scan.py) mines each channel's top-k units (methods/patches.py) and the
-channels' mean activations (methods/channel_stats.py); then the images holding a winner are
-re-read by source index at the model's input size and the units' receptive fields cropped.
+One streaming pass (jobs/scan.py; the sweep shares it with other scan jobs) mines each channel's
+top-k units (methods/patches.py) and the channels' mean activations (methods/channel_stats.py);
+then the images holding a winner are re-read by source index at the model's input size and the
+units' receptive fields cropped.
 
 Writes into --out: grids/channel_NNNN.png (top patches, strongest first, activation captions),
 overview.png (a row per channel), patches.json (every channel, rank, image id, y, x, value,
@@ -15,6 +16,7 @@ channel_frac_positive.npy.
 from __future__ import annotations
 
 import argparse
+import hashlib
 
 import numpy as np
 
@@ -28,9 +30,10 @@ from jaxviz.jobs.common import (
     add_out_arg,
     model_config,
     model_from_args,
+    scan_key,
 )
 from jaxviz.jobs.output import JobOutput
-from jaxviz.jobs.scan import scan
+from jaxviz.jobs.scan import ScanJob
 from jaxviz.methods.channel_stats import ChannelStats
 from jaxviz.methods.patches import PatchMiner, box_coverage, crop_patch
 from jaxviz.models.geometry import ReceptiveField
@@ -156,7 +159,8 @@ def cut_patches(
     return patches, boxes, on_object
 
 
-def run(args: argparse.Namespace) -> int:
+def prepare(args: argparse.Namespace) -> ScanJob:
+    """The job as one streaming pass (shareable with other scan jobs by the sweep)."""
     if args.top < 1:
         raise UsageError(f"--top must be >= 1, got {args.top}")
     if args.batch_size < 1:
@@ -181,28 +185,45 @@ def run(args: argparse.Namespace) -> int:
         "limit": args.limit,
     }
     out = JobOutput(args.out, "patches", config)
+    tag = hashlib.sha1(str(out.out.resolve()).encode()).hexdigest()[:8]  # unique in a sweep
     miner = PatchMiner(
-        args.layer, channels, args.top, per_image_max=args.per_image_max, mesh=local_mesh()
+        args.layer,
+        channels,
+        args.top,
+        per_image_max=args.per_image_max,
+        mesh=local_mesh(),
+        name=f"patches_{tag}",
     )
-    stats = ChannelStats(args.layer)
-    res = scan(
+    stats = ChannelStats(args.layer, name=f"channel_stats_{tag}")
+
+    def complete(results: dict) -> None:
+        top, st = results[miner.name], results[stats.name]
+        if st["units"] == 0:
+            out.finish()  # the manifest still lists every skipped input and why
+            raise UsageError(
+                f"--data {args.data}: no usable images (see {out.path('manifest.json')})"
+            )
+        crops = cut_patches(source, model.preprocess, rf, top, size, out)
+        write_outputs(out, model.name, args.layer, rf, chans, top, st, crops, source)
+        out.finish()
+        print(f"{len(chans)} channels, {out.counts.get('images', 0)} images -> {args.out}")
+
+    return ScanJob(
         model,
         params,
         source,
+        out,
         [miner, stats],
-        batch_size=args.batch_size,
-        out=out,
-        stop=args.limit,
-        dtype=DTYPES[args.dtype],
-        desc=f"patches {args.layer}",
+        complete,
+        args.batch_size,
+        args.limit,
+        DTYPES[args.dtype],
+        scan_key(args),
     )
-    top, st = res[miner.name], res[stats.name]
-    if st["units"] == 0:
-        out.finish()  # the manifest still lists every skipped input and why
-        raise UsageError(f"--data {args.data}: no usable images (see {out.path('manifest.json')})")
-    crops = cut_patches(source, model.preprocess, rf, top, size, out)
-    write_outputs(out, model.name, args.layer, rf, chans, top, st, crops, source)
-    out.finish()
+
+
+def run(args: argparse.Namespace) -> int:
+    prepare(args).run()
     return 0
 
 
