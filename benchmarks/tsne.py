@@ -130,6 +130,7 @@ def main() -> None:
             }
             if backend == "jax":
                 row["s_per_iter"] = round(info["s_per_iter"], 4)
+                row["s_per_iter_median"] = round(info["s_per_iter_median"], 4)
                 row["affinities_s"] = round(info["affinities_s"], 2)
                 row["optimize_s"] = round(info["optimize_s"], 2)
                 row["n_boxes"] = info["n_boxes"]
