@@ -276,6 +276,8 @@ def write_outputs(
     )
     for j, ch in enumerate(chans):
         title = f"{layer} ch {ch}  mean {st['mean'][ch]:.3g}"
+        if st["max"][ch] <= 0:
+            title += "  never > 0"  # a dead channel: its "top" units are ties at 0
         out.png(
             f"grids/channel_{ch:04d}.png", patch_grid(patches[j], top["values"][j], valid[j], title)
         )
