@@ -35,7 +35,8 @@ def tsne(
 
     n_iter counts iterations after the `early_exaggeration_iter` exaggerated ones (openTSNE's
     convention; 250 + 500 by default). mode (jax only): exact (tiled O(N^2)), interpolated (FIt-SNE,
-    O(N)) or auto. `engine` passes further TSNEConfig fields to the JAX engine. info holds the
+    O(N)) or auto. n_jobs: CPU threads of openTSNE / scikit-learn (default: all). `engine` passes
+    further TSNEConfig fields to the JAX engine. info holds the
     backend used, KL divergence, timings and, for jax, the KL trace and seconds per iteration.
     """
     if backend not in BACKENDS:

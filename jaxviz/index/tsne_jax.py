@@ -10,6 +10,8 @@ q_ij = 1 / (1 + |y_i - y_j|^2), Z = sum_{k != l} q_kl and exaggeration a. Attrac
 sparse P (segment_sum); repulsion is either exact, tiled over rows so memory is O(N x tile), or
 FFT-interpolated (`tsne_fft`). The loop runs in jitted chunks of `kl_every` iterations
 (lax.fori_loop); KL(P || Q) is evaluated between chunks (with the interpolated Z in that mode).
+Runs are bitwise deterministic for a seed on CPU; on GPU scatter-adds are atomic, so set
+XLA_FLAGS=--xla_gpu_deterministic_ops=true for bitwise reproducibility there.
 """
 
 from __future__ import annotations
