@@ -252,6 +252,10 @@ def run_scan_jobs(jobs: Sequence[ScanJob], desc: str = "scan", checkpoint_every:
     names = [c.name for c in consumers]
     if len(set(names)) != len(names):
         raise ValueError(f"consumer names must be unique in a shared pass: {names}")
+    checkpoint = None
+    if all(hasattr(c, "state") for c in consumers):
+        signature = json.dumps([first.key, names, [j.out.config for j in jobs]], default=str)
+        checkpoint = ScanCheckpoint(first.out.path(".scan-checkpoint"), signature, checkpoint_every)
     results = scan(
         first.model,
         first.params,
@@ -261,9 +265,12 @@ def run_scan_jobs(jobs: Sequence[ScanJob], desc: str = "scan", checkpoint_every:
         out=first.out,
         stop=first.limit,
         dtype=first.dtype,
+        checkpoint=checkpoint,
         desc=desc,
     )
     for j in jobs:
         if j is not first:
             j.out.skipped, j.out.counts = list(first.out.skipped), dict(first.out.counts)
         j.complete({c.name: results[c.name] for c in j.consumers})
+    if checkpoint:
+        checkpoint.remove()

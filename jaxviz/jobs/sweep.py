@@ -61,6 +61,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="start over even if --out holds another study's (partial) results",
     )
     p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=20,
+        metavar="N",
+        help="save the streaming state every N batches (default: 20)",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="validate the study, print the plan and the estimated work, run nothing",
@@ -138,16 +145,20 @@ def print_plan(study: Study) -> None:
     print(f"estimated work: ~{total} forward passes")
 
 
-def _run_unit(unit: list[Job]) -> None:
+def _run_unit(unit: list[Job], checkpoint_every: int) -> None:
     if len(unit) == 1 and not hasattr(_module(unit[0]), "prepare"):
         rc = _module(unit[0]).run(unit[0].args)
         if rc:
             raise RuntimeError(f"job {unit[0].key} exited with {rc}")
         return
-    run_scan_jobs([_module(j).prepare(j.args) for j in unit], desc=" + ".join(j.key for j in unit))
+    run_scan_jobs(
+        [_module(j).prepare(j.args) for j in unit],
+        desc=" + ".join(j.key for j in unit),
+        checkpoint_every=checkpoint_every,
+    )
 
 
-def run_study(study: Study, out: Path, restart: bool) -> int:
+def run_study(study: Study, out: Path, restart: bool, checkpoint_every: int = 20) -> int:
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "sweep.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else None
@@ -176,7 +187,7 @@ def run_study(study: Study, out: Path, restart: bool) -> int:
                 log("job_start", jobs=keys)
                 t = time.time()
                 try:
-                    _run_unit(todo)
+                    _run_unit(todo, checkpoint_every)
                 except UsageError:
                     raise
                 except Exception as e:
@@ -235,4 +246,4 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_plan(study)
         return 0
-    return run_study(study, out, args.restart)
+    return run_study(study, out, args.restart, args.checkpoint_every)
