@@ -222,7 +222,7 @@ def case_ivf_recall(size: dict, tmp: Path) -> None:
 def case_precision(size: dict, tmp: Path) -> None:
     spec = f"shapes:{size['precision_n']}:11"
     try:
-        model, params = load_model("demo")
+        model, params = load_model(size["demo"])
     except Exception as e:  # the trained checkpoint is produced by scripts/train_demo.py
         emit("precision", error=f"trained demo model unavailable: {e}")
         return
@@ -245,7 +245,7 @@ def case_precision(size: dict, tmp: Path) -> None:
     emit(
         "precision",
         data=spec,
-        model="demo (trained checkpoint), fc, L2",
+        model=f"{size['demo']} (trained), fc, L2",
         precision_at_5_features=round(fc["precision_at_5"], 4),
         precision_at_5_raw_pixels=round(px["precision_at_5"], 4),
         queries=fc["queries"],
@@ -290,11 +290,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="full")
     ap.add_argument("--case", action="append", choices=sorted(CASES), help="(default: all)")
+    ap.add_argument(
+        "--demo", default="demo", help="trained demo model for `precision` (demo or demo=PATH)"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="jaxviz-bench-features-") as tmp:
         for name in args.case or list(CASES):
             (Path(tmp) / name).mkdir()
-            CASES[name](SIZES[args.size], Path(tmp) / name)
+            CASES[name]({**SIZES[args.size], "demo": args.demo}, Path(tmp) / name)
 
 
 if __name__ == "__main__":
