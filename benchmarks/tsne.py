@@ -11,7 +11,8 @@ Data (default): a Gaussian mixture in 50-D (20 clusters of random widths, sklear
 the same rows for every backend at a size. Every case runs 250 early-exaggeration + 500 normal
 iterations (smoke: 50 + 100). Reports per case: wall_s (affinities + optimization; for jax the first
 call's compile included, as a user would see it), s_per_iter and the compile-free estimate for
-jax, KL, trustworthiness (k=10, on <= 5000 sampled points) and the peak RSS of the process so far.
+jax, cpu_s (user + system time of all threads: on a shared, oversubscribed CPU the fairer cost),
+KL, trustworthiness (k=10, on <= 5000 sampled points) and the peak RSS of the process so far.
 On a shared CPU absolute times drift; compare ratios within one run.
 """
 
@@ -63,6 +64,12 @@ def cases(n: int, size: str) -> list[tuple[str, str]]:
     return out
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads (robust to a shared, loaded CPU)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -104,7 +111,7 @@ def main() -> None:
         for backend, mode in cases(n, args.size):
             if args.only and f"{backend}:{mode}" not in args.only.split(","):
                 continue
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu_seconds()
             coords, info = tsne(
                 x,
                 backend=backend,
@@ -113,7 +120,7 @@ def main() -> None:
                 early_exaggeration_iter=ee_iter,
                 progress=True,
             )
-            wall = time.perf_counter() - t0
+            wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
             trust, used = trustworthiness(x, coords, k=10)
             row = {
                 "case": f"{backend}:{info.get('mode', mode)}",
@@ -121,6 +128,7 @@ def main() -> None:
                 "iters": [ee_iter, n_iter],
                 "dim": int(x.shape[1]),
                 "wall_s": round(wall, 2),
+                "cpu_s": round(cpu, 2),
                 "kl": info.get("kl"),
                 "trustworthiness_k10": round(trust, 4),
                 "trust_points": used,
