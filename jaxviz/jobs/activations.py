@@ -74,6 +74,13 @@ class ActivationWriter:
     def load_state(self, state: np.ndarray | None) -> None:
         self.items = [] if state is None else [self._item(int(i)) for i in state]
 
+    def merge(self, state: np.ndarray | None) -> None:
+        """Add the images another process wrote (into the same folder)."""
+        if state is not None:
+            self.items = sorted(
+                self.items + [self._item(int(i)) for i in state], key=lambda it: it["index"]
+            )
+
     def _item(self, i: int) -> dict:
         stem = f"{self.layer}_{i:07d}"
         return {

@@ -21,9 +21,11 @@ import numpy as np
 
 from jaxviz.data.pipeline import Batch, shard_indices, stream
 from jaxviz.data.sources import Source
+from jaxviz.errors import UsageError
 from jaxviz.jobs.output import JobOutput
 from jaxviz.models.stage import Model, Params, forward
 from jaxviz.runtime.devices import batch_sharding, local_mesh, replicated, round_up
+from jaxviz.runtime.distributed import barrier, exchange
 from jaxviz.runtime.progress import Progress
 from jaxviz.runtime.signals import deferred_interrupts
 
@@ -42,6 +44,7 @@ class Consumer(Protocol):
     taps: tuple[str, ...]
 
     # optional, for checkpoints: state() -> pytree of numpy arrays (or None); load_state(state)
+    # optional, for several processes: merge(state) adds another process's state to this one
 
     def reduce(self, taps: dict[str, jax.Array], mask: jax.Array) -> Any: ...
 
@@ -126,14 +129,20 @@ def scan(
     process_count: int = 1,
     checkpoint: ScanCheckpoint | None = None,
     desc: str = "scan",
-) -> dict[str, dict]:
+) -> dict[str, dict] | None:
     """Stream source[start:stop] through the model once; every consumer sees every good image.
 
     batch_size is rounded up to a multiple of the local device count. Skipped inputs go to
     `out.skip` (in source order). With a `checkpoint`, the state is saved every few batches
     and on interrupt (KeyboardInterrupt, SIGTERM turned into one), and a rerun resumes from it.
-    Returns {consumer name: consumer.finish()}.
+    With several processes, each streams its share of the data (every process_count-th
+    image), then process 0 merges every consumer's state (`merge`) and returns the results;
+    the others return None. Returns {consumer name: consumer.finish()}.
     """
+    if process_count > 1:
+        lacking = [c.name for c in consumers if not hasattr(c, "merge")]
+        if lacking:
+            raise UsageError(f"{', '.join(lacking)} cannot run on several processes yet")
     mesh = local_mesh()
     batch_size = round_up(batch_size, mesh.size)
     data_sharding = batch_sharding(mesh)
@@ -206,6 +215,20 @@ def scan(
     if checkpoint:
         done["next_index"] = len(source) if stop is None else min(stop, len(source))
         save()
+    if process_count > 1:
+        payload = {
+            "states": {c.name: _state(c) for c in consumers},
+            "skips": skips,
+            "images": done["images"],
+        }
+        gathered = exchange(out.path(".processes"), "scan", payload)
+        if gathered is None:
+            return None  # process 0 merges and writes the results
+        for other in gathered[1:]:
+            for c in consumers:
+                c.merge(other["states"][c.name])
+            skips += other["skips"]
+            done["images"] += other["images"]
     for _, item_id, reason in sorted(skips):
         out.skip(item_id, reason)
     out.count("skipped", len(skips))
@@ -255,7 +278,10 @@ def run_scan_jobs(jobs: Sequence[ScanJob], desc: str = "scan", checkpoint_every:
     checkpoint = None
     if all(hasattr(c, "state") for c in consumers):
         signature = json.dumps([first.key, names, [j.out.config for j in jobs]], default=str)
-        checkpoint = ScanCheckpoint(first.out.path(".scan-checkpoint"), signature, checkpoint_every)
+        folder = first.out.path(".scan-checkpoint")
+        if jax.process_count() > 1:
+            folder = folder / f"p{jax.process_index()}"
+        checkpoint = ScanCheckpoint(folder, signature, checkpoint_every)
     results = scan(
         first.model,
         first.params,
@@ -265,12 +291,20 @@ def run_scan_jobs(jobs: Sequence[ScanJob], desc: str = "scan", checkpoint_every:
         out=first.out,
         stop=first.limit,
         dtype=first.dtype,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
         checkpoint=checkpoint,
         desc=desc,
     )
+    if results is None:  # another process writes the outputs
+        barrier("scan-complete")
+        if checkpoint:
+            checkpoint.remove()
+        return
     for j in jobs:
         if j is not first:
             j.out.skipped, j.out.counts = list(first.out.skipped), dict(first.out.counts)
         j.complete({c.name: results[c.name] for c in j.consumers})
+    barrier("scan-complete")
     if checkpoint:
         checkpoint.remove()

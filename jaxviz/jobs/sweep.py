@@ -17,12 +17,15 @@ import time
 import traceback
 from pathlib import Path
 
+import jax
+
 from jaxviz.cli import COMMANDS
 from jaxviz.errors import UsageError
 from jaxviz.jobs.output import save_json
 from jaxviz.jobs.scan import run_scan_jobs
 from jaxviz.jobs.study import Job, Study, default_study_text, load_study
 from jaxviz.render.report import write_study_report
+from jaxviz.runtime.distributed import barrier, initialize
 
 # the order jobs run in within a part (producers before consumers of their outputs)
 ORDER = (
@@ -68,6 +71,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="save the streaming state every N batches (default: 20)",
     )
     p.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="join a multi-process run (process 0's address); under SLURM with several "
+        "tasks this is detected on its own",
+    )
+    p.add_argument("--num-processes", type=int, default=None, help="with --coordinator")
+    p.add_argument("--process-id", type=int, default=None, help="with --coordinator")
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="validate the study, print the plan and the estimated work, run nothing",
@@ -75,12 +87,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 class EventLog:
-    """JSON lines appended to --out/events.jsonl (one per event, flushed at once)."""
+    """JSON lines appended to --out/events.jsonl (one per event, flushed at once); only
+    process 0 of a multi-process run writes."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = path, enabled
 
     def __call__(self, event: str, **fields) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps({"time": time.time(), "event": event, **fields}) + "\n")
 
@@ -111,6 +126,8 @@ def _units(jobs: list[Job]) -> list[list[Job]]:
 def estimate(job: Job, n_images: int) -> int:
     """Forward (or forward+backward) passes a job needs, roughly."""
     a = job.args
+    if getattr(a, "model", None) is None:
+        return 0  # works on another job's outputs (t-SNE, neighbours from an index)
     n = min(n_images, a.limit) if getattr(a, "limit", None) else n_images
     if job.command == "occlusion":
         from jaxviz.models.zoo import entry
@@ -158,7 +175,14 @@ def _run_unit(unit: list[Job], checkpoint_every: int) -> None:
     )
 
 
+def _is_scan(unit: list[Job]) -> bool:
+    return hasattr(_module(unit[0]), "prepare")
+
+
 def run_study(study: Study, out: Path, restart: bool, checkpoint_every: int = 20) -> int:
+    """Run (or resume) a study. With several processes every process takes part in the
+    dataset scans; process 0 alone runs the other jobs and writes state, events and report."""
+    lead = jax.process_index() == 0
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "sweep.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else None
@@ -169,8 +193,10 @@ def run_study(study: Study, out: Path, restart: bool, checkpoint_every: int = 20
         )
     if not state or restart:
         state = {"name": study.name, "digest": study.digest, "done": {}, "failed": {}}
-    (out / "study.toml").write_text(study.text)
-    log = EventLog(out / "events.jsonl")
+    barrier("sweep-start")  # every process has read the same state
+    if lead:
+        (out / "study.toml").write_text(study.text)
+    log = EventLog(out / "events.jsonl", enabled=lead)
     log("sweep_start", study=study.name, digest=study.digest, resumed=bool(state["done"]))
 
     t0 = time.time()
@@ -181,7 +207,7 @@ def run_study(study: Study, out: Path, restart: bool, checkpoint_every: int = 20
                 for j in unit:
                     if j not in todo:
                         log("job_skipped", job=j.key, reason="done in an earlier run")
-                if not todo:
+                if not todo or not (lead or _is_scan(todo)):
                     continue
                 keys = [j.key for j in todo]
                 log("job_start", jobs=keys)
@@ -208,11 +234,15 @@ def run_study(study: Study, out: Path, restart: bool, checkpoint_every: int = 20
                 for k in keys:
                     state["done"][k] = seconds / len(keys)
                     state["failed"].pop(k, None)
-                save_json(state_path, state)
+                if lead:
+                    save_json(state_path, state)
                 log("job_done", jobs=keys, seconds=seconds)
     finally:
-        save_json(state_path, state)
+        if lead:
+            save_json(state_path, state)
     log("sweep_done", seconds=time.time() - t0, failed=sorted(state["failed"]))
+    if not lead:
+        return 1 if state["failed"] else 0
     summary = write_study_report(
         out, study.name, {p: [j.key for j in js] for p, js in study.parts.items()}, state
     )
@@ -236,6 +266,7 @@ def _print_summary(summary: list[dict], state: dict, out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    initialize(args.coordinator, args.num_processes, args.process_id)
     if args.study:
         path = Path(args.study)
         if not path.is_file():

@@ -67,6 +67,17 @@ class ChannelStats:
     def load_state(self, state: Stats | None) -> None:
         self._acc = None if state is None else {n: np.array(v) for n, v in state.items()}
 
+    def merge(self, state: Stats | None) -> None:
+        """Add another process's accumulators."""
+        if state is None:
+            return
+        if self._acc is None:
+            self.load_state(state)
+            return
+        for n in ("sum", "sumsq", "positive", "n"):
+            self._acc[n] = self._acc[n] + state[n]
+        self._acc["max"] = np.maximum(self._acc["max"], state["max"])
+
     def finish(self) -> dict:
         """{"layer", "mean", "std", "max" [C] float32, "frac_positive" [C] float32, "units"}."""
         if self._acc is None or self._acc["n"] == 0:

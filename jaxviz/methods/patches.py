@@ -192,6 +192,11 @@ class PatchMiner:
     def load_state(self, state: TopK | None) -> None:
         self._top = None if state is None else {n: np.asarray(v) for n, v in state.items()}
 
+    def merge(self, state: TopK | None) -> None:
+        """Add another process's running top-k (exact: `merge_top_k` is associative)."""
+        if state is not None:
+            self._top = state if self._top is None else merge_top_k(self._top, state, self.k)
+
     def finish(self) -> dict:
         """{"layer", "channels" [C] int32 (None: all), and the [C, k] top-k arrays}."""
         top = self._top if self._top is not None else empty_top_k(0, self.k)
