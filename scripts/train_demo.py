@@ -1,11 +1,20 @@
 """Train the `demo` CNN on the synthetic shapes set and save jaxviz/assets/demo.npz.
 
-    .venv/bin/python scripts/train_demo.py    # 3 epochs of 24k fresh images, ~15 min on 2 CPUs
+The committed checkpoint came from two runs (about 1 h on 2 heavily shared CPU cores):
 
-Every epoch draws fresh images (ShapesSet seeds 1000, 1001, ...; the held-out evaluation seed is
-123), generated in a background thread while the jitted train step runs. AdamW with decoupled
-weight decay on the kernels (it keeps conv1 filters smooth enough to read as edge and colour
-detectors), one-cycle cosine learning rate. Prints progress and the held-out accuracy.
+    .venv/bin/python scripts/train_demo.py --conv1-decay 0.3 --out /tmp/stage1.npz
+    .venv/bin/python scripts/train_demo.py --resume /tmp/stage1.npz --first-seed 1003 \
+        --epochs 4 --lr 1.5e-3 --conv1-decay 8
+
+(The first run used the shapes generator of commit ef89198: objects 0.3-0.62 of the image and
+hexagons at any angle, which confused small hexagons with circles at 89% held-out accuracy; the
+second run fine-tuned on the current generator.)
+
+Every epoch draws fresh images (ShapesSet seeds 1000, 1001, ...; validation seed 999; the held-out
+seed 123 is scored once, at the end), generated in a background thread while the jitted train
+step runs. Adam with decoupled weight decay on the kernels, strong on conv1 in the second run: it
+removes the random-init noise from the 7x7 filters so their grid reads as edge and colour
+detectors. One-cycle cosine learning rate. Prints progress, validation and held-out accuracy.
 """
 
 from __future__ import annotations
@@ -22,12 +31,15 @@ import numpy as np
 import optax
 
 from jaxviz.data.shapes import ShapesSet
+from jaxviz.models import ops
 from jaxviz.models.params_io import load_npz, save_npz
 from jaxviz.models.stage import forward, init_params
 from jaxviz.models.zoo import entry
 
 ASSET = Path(__file__).resolve().parents[1] / "jaxviz" / "assets" / "demo.npz"
 TRAIN_SEED = 1000  # epoch e draws ShapesSet(seed=TRAIN_SEED + e); far from the held-out 123
+VALIDATION_SEED = 999  # progress after every epoch
+HELD_OUT_SEED = 123  # reported once, at the end (jaxviz evaluate --data shapes:2000:123)
 
 
 def batches(seeds: list[int], per_epoch: int, batch: int, out: queue.Queue) -> None:
@@ -45,14 +57,30 @@ def batches(seeds: list[int], per_epoch: int, batch: int, out: queue.Queue) -> N
     out.put(None)
 
 
+def _kernels(params: dict, conv1: bool) -> dict:
+    """Mask of the kernels of conv1 (conv1=True) or of every other stage (False); no biases."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: path[-1].key == "kernel" and (path[0].key == "conv1") == conv1, params
+    )
+
+
+def _pool2x2(x: jax.Array, window, strides, padding) -> jax.Array:
+    """The demo's 2x2/2 unpadded max pool as a reshape: same values, a cheaper gradient on CPU
+    than select-and-scatter (~15% faster train steps)."""
+    assert tuple(window) == tuple(strides) == (2, 2) and not any(map(any, padding))
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--epochs", type=int, default=3, help="epochs, each of fresh images")
     p.add_argument("--per-epoch", type=int, default=24_000, help="images per epoch")
     p.add_argument("--batch-size", type=int, default=64, help="images per step")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.3, help="AdamW decay (kernels)")
-    p.add_argument("--eval", default=2000, type=int, help="held-out images (seed 123)")
+    p.add_argument("--weight-decay", type=float, default=0.3, help="decoupled decay, kernels")
+    p.add_argument("--conv1-decay", type=float, default=8.0, help="decoupled decay, conv1 kernel")
+    p.add_argument("--eval", default=2000, type=int, help="validation and held-out images")
     p.add_argument("--out", default=str(ASSET), help="checkpoint path (.npz)")
     p.add_argument("--resume", default=None, help="start from this checkpoint (.npz)")
     p.add_argument("--first-seed", type=int, default=TRAIN_SEED, help="seed of the first epoch")
@@ -64,13 +92,18 @@ def main() -> None:
         params = load_npz(args.resume, params)
     steps = args.epochs * (args.per_epoch // args.batch_size)
     schedule = optax.cosine_onecycle_schedule(steps, args.lr, pct_start=0.1)
-    decay_mask = jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
-    opt = optax.adamw(schedule, weight_decay=args.weight_decay, mask=decay_mask)
+    opt = optax.chain(
+        optax.scale_by_adam(),
+        optax.add_decayed_weights(args.weight_decay, mask=_kernels(params, conv1=False)),
+        optax.add_decayed_weights(args.conv1_decay, mask=_kernels(params, conv1=True)),
+        optax.scale_by_learning_rate(schedule),
+    )
     opt_state = opt.init(params)
     norm = model.preprocess.normalize
 
     def loss_fn(params, images, labels):
-        logits, _ = forward(model, params, norm(images))
+        with ops.activation_override(max_pool=_pool2x2):
+            logits, _ = forward(model, params, norm(images))
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         return loss, (jnp.argmax(logits, -1) == labels).mean()
 
@@ -84,15 +117,14 @@ def main() -> None:
     def predict(params, images):
         return jnp.argmax(forward(model, params, norm(images))[0], -1)
 
-    held = ShapesSet(args.eval, seed=123)
-    held_x = np.stack([held.sample(i)[0] for i in range(len(held))])
-    held_y = np.array([held.label(i) for i in range(len(held))])
-
-    def held_out_accuracy(params) -> float:
+    def accuracy(params, seed: int) -> float:
+        ds = ShapesSet(args.eval, seed=seed)
+        x = np.stack([ds.sample(i)[0] for i in range(len(ds))])
+        y = np.array([ds.label(i) for i in range(len(ds))])
         pred = np.concatenate(
-            [np.asarray(predict(params, held_x[i : i + 500])) for i in range(0, len(held_x), 500)]
+            [np.asarray(predict(params, x[i : i + 500])) for i in range(0, len(x), 500)]
         )
-        return float((pred == held_y).mean())
+        return float((pred == y).mean())
 
     q: queue.Queue = queue.Queue(maxsize=16)
     seeds = [args.first_seed + e for e in range(args.epochs)]
@@ -116,13 +148,14 @@ def main() -> None:
             )
             run_loss, run_acc = [], []
         if step % per_epoch_steps == 0:
-            acc = held_out_accuracy(params)
-            print(f"epoch {step // per_epoch_steps}: held-out top-1 {acc:.4f}", flush=True)
+            acc = accuracy(params, VALIDATION_SEED)
+            print(f"epoch {step // per_epoch_steps}: validation top-1 {acc:.4f}", flush=True)
             save_npz(args.out, jax.device_get(params))
-    acc = held_out_accuracy(params)
+    acc = accuracy(params, HELD_OUT_SEED)
     save_npz(args.out, jax.device_get(params))
     print(
-        f"done in {time.time() - t0:.0f}s: held-out top-1 {acc:.4f} on shapes:{args.eval}:123; "
+        f"done in {time.time() - t0:.0f}s: held-out top-1 {acc:.4f} on "
+        f"shapes:{args.eval}:{HELD_OUT_SEED}; "
         f"saved {args.out} ({Path(args.out).stat().st_size / 1e6:.2f} MB)",
         flush=True,
     )
