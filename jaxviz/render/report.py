@@ -10,6 +10,21 @@ from typing import Any
 from jaxviz.jobs.output import atomic_write
 
 MAX_PICTURES = 12
+# On load, the page counts its images and the ones that failed to load (data-images /
+# data-broken on <body>, for headless checks) and warns the reader about broken ones.
+BROKEN_IMAGE_CHECK = """<script>
+window.addEventListener("load", () => {
+  const broken = [...document.images].filter((i) => !i.complete || i.naturalWidth === 0);
+  document.body.dataset.images = document.images.length;
+  document.body.dataset.broken = broken.length;
+  if (broken.length) {
+    const p = document.createElement("p");
+    p.className = "err";
+    p.textContent = broken.length + " pictures could not be loaded";
+    document.body.prepend(p);
+  }
+});
+</script>"""
 FIRST = ("overview", "mosaic", "scatter", "filters", "grid")
 
 
@@ -118,6 +133,7 @@ def write_study_report(
         )
         + "</table>"
     )
+    body.append(BROKEN_IMAGE_CHECK)
     data = "\n".join(body).encode()
     atomic_write(out / "index.html", lambda f: f.write(data))
     return rows
