@@ -304,3 +304,15 @@ def test_job_usage_errors(tmp_path, capsys, extra, message):
     argv = ["patches", "--random-init", "--data", "shapes:4", "--out", str(tmp_path), *extra]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_trained_demo_conv2_patches_fall_on_objects(tmp_path):
+    """With the shipped demo weights, most conv2 channels' top patches lie on the shape (chance:
+    about a quarter of conv2's units have half their field on the object); a box or coordinate
+    mix-up would drop this to chance."""
+    out = tmp_path / "trained"
+    argv = ["patches", "--layer", "conv2", "--top", "9", "--per-image-max", "--data",
+            "shapes:300", "--batch-size", "50", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    on = json.loads((out / "manifest.json").read_text())["results"]["on_object"]
+    assert on["channel_fraction"] >= 0.5 and on["patch_fraction"] >= 0.5, on
