@@ -7,6 +7,7 @@ in a class subfolder), a text file listing paths, a glob, a `.npy`/`.npz` of uin
 
 from __future__ import annotations
 
+import functools
 import glob as globlib
 import os
 from dataclasses import dataclass
@@ -139,15 +140,18 @@ class ShapesSource(Source):
         self.shapes = ShapesSet(n, seed)
         self.seed = seed
 
+        # info(i) and load(i) come in pairs: draw each image once, not twice
+        self._sample = functools.lru_cache(maxsize=4096)(self.shapes.sample)
+
     def __len__(self) -> int:
         return len(self.shapes)
 
     def info(self, i: int) -> ItemInfo:
-        _, label, box = self.shapes.sample(i)
+        _, label, box = self._sample(i)
         return ItemInfo(f"shapes:{self.seed}:{i}", int(label), tuple(int(v) for v in box))
 
     def load(self, i: int) -> Image.Image:
-        return Image.fromarray(self.shapes.sample(i)[0])
+        return Image.fromarray(self._sample(i)[0])
 
 
 class SamplesSource(Source):
