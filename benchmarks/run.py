@@ -10,6 +10,7 @@ memory) and the package versions, and prints a table of every case's ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -19,8 +20,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-import contextlib
 
 from benchmarks.hardware import hardware  # noqa: E402
 
