@@ -27,9 +27,10 @@ from jaxviz.jobs.common import (
     add_out_arg,
     model_config,
     model_from_args,
+    scan_key,
 )
 from jaxviz.jobs.output import JobOutput
-from jaxviz.jobs.scan import scan
+from jaxviz.jobs.scan import ScanJob
 from jaxviz.models.stage import Model
 
 
@@ -62,6 +63,32 @@ class TopK:
         np.add.at(self.confusion, (labels, pred), 1)
         self.topk_correct += int((top == labels[:, None]).any(axis=1).sum())
         self.rows.append(np.stack([batch.index[valid], labels, pred], axis=1))
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Counters and prediction rows as arrays (checkpoints, merging across processes)."""
+        rows = np.concatenate(self.rows) if self.rows else np.zeros((0, 3), np.int64)
+        return {
+            "confusion": self.confusion.copy(),
+            "rows": rows,
+            "counts": np.asarray([self.topk_correct, self.unlabelled], np.int64),
+        }
+
+    def load_state(self, state: dict | None) -> None:
+        if state is None:
+            return
+        self.confusion = np.array(state["confusion"])
+        self.rows = [np.array(state["rows"])]
+        self.topk_correct, self.unlabelled = (int(v) for v in state["counts"])
+
+    def merge(self, state: dict | None) -> None:
+        """Add another process's counters; rows stay ordered by source index."""
+        if state is None:
+            return
+        self.confusion += state["confusion"]
+        rows = np.concatenate([*self.rows, state["rows"]])
+        self.rows = [rows[np.argsort(rows[:, 0], kind="stable")]]
+        self.topk_correct += int(state["counts"][0])
+        self.unlabelled += int(state["counts"][1])
 
     def finish(self) -> dict:
         n = int(self.confusion.sum())
@@ -99,7 +126,8 @@ def _names(names: tuple[str, ...], most: int = 6) -> str:
     return ", ".join(names[:most]) + (f", ... ({len(names)} classes)" if len(names) > most else "")
 
 
-def run(args: argparse.Namespace) -> int:
+def prepare(args: argparse.Namespace) -> ScanJob:
+    """The job as one streaming pass (shareable with other scan jobs by the sweep)."""
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, params = model_from_args(args)
@@ -113,27 +141,36 @@ def run(args: argparse.Namespace) -> int:
     }
     out = JobOutput(args.out, "evaluate", config)
     top = TopK(model.stages[-1].name, model.num_classes)
-    res = scan(
+
+    def complete(results: dict) -> None:
+        res = results[top.name]
+        if res["images"] == 0:
+            raise UsageError(f"--data {args.data}: no usable labelled images")
+        rows = np.concatenate(top.rows) if top.rows else np.zeros((0, 3), np.int64)
+        out.npy("predictions.npy", rows.astype(np.int64))
+        out.npy("confusion.npy", top.confusion)
+        out.results.update(res)
+        out.finish()
+        k = top.k
+        print(
+            f"{model.name} on {args.data}: top-1 {res['top1']:.4f}, top-{k} "
+            f"{res[f'top{k}']:.4f} ({res['images']} images); wrote {out.path('manifest.json')}"
+        )
+
+    return ScanJob(
         model,
         params,
         source,
+        out,
         [top],
-        batch_size=args.batch_size,
-        out=out,
-        stop=args.limit,
-        dtype=DTYPES[args.dtype],
-        desc="evaluate",
-    )[top.name]
-    if res["images"] == 0:
-        raise UsageError(f"--data {args.data}: no usable labelled images")
-    rows = np.concatenate(top.rows) if top.rows else np.zeros((0, 3), np.int64)
-    out.npy("predictions.npy", rows.astype(np.int64))
-    out.npy("confusion.npy", top.confusion)
-    out.results.update(res)
-    out.finish()
-    k = top.k
-    print(
-        f"{model.name} on {args.data}: top-1 {res['top1']:.4f}, top-{k} {res[f'top{k}']:.4f} "
-        f"({res['images']} images); wrote {out.path('manifest.json')}"
+        complete,
+        args.batch_size,
+        args.limit,
+        DTYPES[args.dtype],
+        scan_key(args),
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    prepare(args).run()
     return 0
