@@ -1,0 +1,242 @@
+"""`jaxviz classviz|invert|dream`: images synthesized by optimizing a network's input.
+
+The subcommand (`args.command`) picks the method of jaxviz.methods.synthesis; one compiled loop
+runs a whole batch (classes for classviz, images for invert and dream), sharded over local devices.
+
+- classviz: per class `CLASS_NAME.png` (upscaled x4), `grid.png` captioned with each class's name
+  and the model's probability of it, `images.npy` [N, H, W, 3] float32 in [0, 1]; results list the
+  probabilities.
+- invert / dream: per image (stem = 7-digit source index) `STEM.png` (the input beside the result)
+  and `npy/STEM.npy` ([H, W, 3] float32 in [0, 1]); items.json holds per image the relative
+  feature distance (invert; "before" is that of the plain mean-colour image) or the layer energy
+  0.5 ||a||^2 (dream) before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxviz.data.pipeline import stream
+from jaxviz.data.sources import open_source
+from jaxviz.errors import UsageError
+from jaxviz.jobs.common import (
+    add_data_args,
+    add_model_args,
+    add_out_arg,
+    model_config,
+    model_from_args,
+)
+from jaxviz.jobs.output import JobOutput
+from jaxviz.methods import synthesis as syn
+from jaxviz.methods.targets import parse_target
+from jaxviz.models.stage import Model, Params, forward_fn
+from jaxviz.render.grid import caption, tile_grid, upscale
+from jaxviz.runtime.devices import batch_sharding, local_mesh, replicated, round_up
+from jaxviz.runtime.progress import Progress
+
+# subcommand -> (default steps, default learning rate)
+DEFAULTS = {"classviz": (60, 0.1), "invert": (200, 0.05), "dream": (20, 0.02)}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    command = p.prog.split()[-1]
+    steps, lr = DEFAULTS[command]
+    add_model_args(p)
+    add_out_arg(p, f"out/{command}")
+    if command == "classviz":
+        p.add_argument(
+            "--classes",
+            default="all",
+            help="comma-separated class ids or names, or 'all' (default: all)",
+        )
+        p.add_argument("--batch-size", type=int, default=32, help="classes per batch (default: 32)")
+        p.add_argument("--l2", type=float, default=1e-3, help="L2 decay per step (default: 1e-3)")
+        p.add_argument("--blur-every", type=int, default=4, help="blur every N steps (default: 4)")
+        p.add_argument(
+            "--blur-sigma", type=float, default=0.5, help="blur std in pixels (default: 0.5)"
+        )
+        p.add_argument(
+            "--objective",
+            choices=("logprob", "logit"),
+            default="logprob",
+            help="score ascended: the class log-probability, or the class logit as in Simonyan "
+            "2014 (on the demo model the logit also raises similar classes: ring -> circle) "
+            "(default: logprob)",
+        )
+    else:
+        add_data_args(p)
+        p.add_argument("--layer", required=True, help="stage whose features are used")
+    if command == "invert":
+        p.add_argument(
+            "--tv-weight", type=float, default=0.05, help="total-variation weight (default: 0.05)"
+        )
+        p.add_argument("--tv-beta", type=float, default=2.0, help="TV exponent beta (default: 2)")
+    if command == "dream":
+        p.add_argument("--octaves", type=int, default=3, help="number of scales (default: 3)")
+        p.add_argument(
+            "--octave-scale", type=float, default=1.4, help="ratio between scales (default: 1.4)"
+        )
+    if command in ("classviz", "dream"):
+        p.add_argument("--jitter", type=int, default=4, help="max random roll in px (default: 4)")
+    p.add_argument("--steps", type=int, default=steps, help=f"steps (default: {steps})")
+    p.add_argument("--lr", type=float, default=lr, help=f"step size (default: {lr})")
+    p.add_argument("--synth-seed", type=int, default=0, help="noise/jitter seed (default: 0)")
+
+
+def parse_classes(spec: str, model: Model) -> list[int]:
+    """`--classes`: 'all' or comma-separated ids/names -> class ids."""
+    if spec == "all":
+        return list(range(model.num_classes))
+    return [parse_target(s.strip(), model.num_classes, model.class_names) for s in spec.split(",")]
+
+
+def make_step(args: argparse.Namespace, model: Model):
+    """The jitted synthesis of one batch: (params, inputs) -> dict of [B, ...] arrays."""
+    key = jax.random.key(args.synth_seed)
+    cmd = args.command
+
+    def classviz(params: Params, classes: jax.Array) -> dict:
+        x = syn.class_visualization(
+            model, params, classes, key, args.steps, args.lr, args.l2, args.jitter,
+            args.blur_every, args.blur_sigma, objective=args.objective,
+        )  # fmt: skip
+        probs = jax.nn.softmax(forward_fn(model)(params, x).astype(jnp.float32), axis=-1)
+        return {"x": x, "prob": jnp.take_along_axis(probs, classes[:, None], axis=1)[:, 0]}
+
+    def invert(params: Params, images: jax.Array) -> dict:
+        x0 = model.preprocess.normalize(images)
+        x = syn.invert(model, params, x0, args.layer, key, args.steps, args.lr, args.tv_weight,
+                       args.tv_beta)  # fmt: skip
+        target = forward_fn(model, stop=args.layer)(params, x0)
+        return {
+            "x": x,
+            "before": syn.feature_distance(model, params, jnp.zeros_like(x0), target, args.layer),
+            "after": syn.feature_distance(model, params, x, target, args.layer),
+        }
+
+    def dream(params: Params, images: jax.Array) -> dict:
+        x0 = model.preprocess.normalize(images)
+        x = syn.dream(model, params, x0, args.layer, key, args.steps, args.lr, args.octaves,
+                      args.octave_scale, args.jitter)  # fmt: skip
+        return {
+            "x": x,
+            "before": syn.layer_energy(model, params, x0, args.layer),
+            "after": syn.layer_energy(model, params, x, args.layer),
+        }
+
+    return jax.jit({"classviz": classviz, "invert": invert, "dream": dream}[cmd])
+
+
+def _check(args: argparse.Namespace, model: Model) -> None:
+    for name in ("steps", "batch_size", "blur_every", "octaves"):
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    if getattr(args, "layer", None) is not None:
+        model.index(args.layer)
+
+
+def run(args: argparse.Namespace) -> int:
+    model, params = model_from_args(args)
+    _check(args, model)
+    mesh = local_mesh()
+    batch_size = round_up(args.batch_size, mesh.size)
+    config = {
+        **model_config(args),
+        **{k: v for k, v in vars(args).items() if k not in ("model", "func")},
+        "batch_size": batch_size,
+    }
+    out = JobOutput(args.out, args.command, config)
+    step = make_step(args, model)
+    params = jax.device_put(params, replicated(mesh))
+    put = functools.partial(jax.device_put, device=batch_sharding(mesh))
+    if args.command == "classviz":
+        _classviz(args, model, params, step, put, out, batch_size)
+    else:
+        _per_image(args, model, params, step, put, out, batch_size)
+    out.finish()
+    print(f"{args.command}: {out.counts} -> {args.out}")
+    return 0
+
+
+def _to01(model: Model, x: np.ndarray) -> np.ndarray:
+    return np.asarray(model.preprocess.denormalize(jnp.asarray(x)))
+
+
+def _classviz(args, model, params, step, put, out: JobOutput, batch_size: int) -> None:
+    classes = parse_classes(args.classes, model)
+    batch_size = min(batch_size, round_up(len(classes), jax.local_device_count()))
+    images, probs = [], []
+    with Progress(len(classes), "classviz", unit="class") as bar:
+        for s in range(0, len(classes), batch_size):
+            chunk = classes[s : s + batch_size]
+            padded = np.asarray(chunk + [chunk[-1]] * (batch_size - len(chunk)), np.int32)
+            t0 = time.perf_counter()
+            res = jax.tree.map(np.asarray, step(params, put(padded)))
+            out.timing("synthesis_s", time.perf_counter() - t0)
+            images.append(_to01(model, res["x"][: len(chunk)]))
+            probs.extend(float(p) for p in res["prob"][: len(chunk)])
+            out.count("classes", len(chunk))
+            bar.update(len(chunk))
+    images = np.concatenate(images)
+    tiles = []
+    for k, img, p in zip(classes, images, probs, strict=True):
+        name = model.class_name(k)
+        big = (upscale(img, 4) * 255 + 0.5).astype(np.uint8)
+        out.png(f"{k:04d}_{name}.png", big)
+        tiles.append(caption(big, f"{name} p={p:.3f}"))
+    out.png("grid.png", tile_grid(np.stack(tiles), ncols=min(len(tiles), 5)))
+    out.npy("images.npy", images.astype(np.float32))
+    out.results["classes"] = [
+        {"class": k, "name": model.class_name(k), "prob": p}
+        for k, p in zip(classes, probs, strict=True)
+    ]
+    out.results["min_prob"] = min(probs)
+
+
+def _per_image(args, model, params, step, put, out: JobOutput, batch_size: int) -> None:
+    source = open_source(args.data)
+    n = len(source) if args.limit is None else min(args.limit, len(source))
+    items = []
+    batches = stream(
+        source, model.preprocess, batch_size, stop=n, on_skip=lambda i, item, r: out.skip(item, r)
+    )
+    with Progress(n, args.command) as bar:
+        for batch in batches:
+            t0 = time.perf_counter()
+            res = jax.tree.map(np.asarray, step(params, put(batch.images)))
+            out.timing("synthesis_s", time.perf_counter() - t0)
+            result = _to01(model, res["x"])
+            for row in np.flatnonzero(batch.mask):
+                i = int(batch.index[row])
+                stem = f"{i:07d}"
+                out.npy(f"npy/{stem}.npy", result[row])
+                pair = np.concatenate([batch.images[row] / 255.0, result[row]], axis=1)
+                out.png(f"{stem}.png", (upscale(pair, 2) * 255 + 0.5).astype(np.uint8))
+                items.append(
+                    {
+                        "index": i,
+                        "id": source.info(i).id,
+                        "before": float(res["before"][row]),
+                        "after": float(res["after"][row]),
+                        "npy": f"npy/{stem}.npy",
+                    }
+                )
+            out.count("images", batch.count)
+            bar.update(batch.count)
+    out.json("items.json", items)
+    if items:
+        before = np.asarray([it["before"] for it in items])
+        after = np.asarray([it["after"] for it in items])
+        what = "feature_distance" if args.command == "invert" else "layer_energy"
+        out.results[what] = {
+            "before_mean": float(before.mean()),
+            "after_mean": float(after.mean()),
+            "median_ratio": float(np.median(before / np.maximum(after, 1e-12))),
+        }

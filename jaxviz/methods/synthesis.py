@@ -1,0 +1,193 @@
+"""Images synthesized by optimizing the input of a network, batched in one compiled loop.
+
+- Class-model visualization (Simonyan, Vedaldi & Zisserman 2014, "Deep Inside Convolutional
+  Networks"): gradient ascent on the input to maximize a class's pre-softmax logit, regularized as
+  in Yosinski et al. 2015 ("Understanding Neural Networks Through Deep Visualization"): L2 decay,
+  jitter (a random roll before each step), a periodic Gaussian blur and clipping to valid pixels.
+  Deviation: the gradient is divided by its per-image mean |g|, so the learning rate is in
+  normalized-input units per step whatever the model's logit scale.
+- Feature inversion (Mahendran & Vedaldi 2015, "Understanding Deep Image Representations by
+  Inverting Them"): an image whose stage-L features match a given image's, minimizing the relative
+  squared feature error plus a total-variation prior (TV^beta), with Adam.
+- DeepDream (Mordvintsev, Olah & Tyka 2015): gradient ascent on 0.5 ||stage-L activation||^2 of
+  an image, with jitter, per-image gradient normalization and octaves (coarse-to-fine scales,
+  the detail added at each octave carried to the next).
+
+All work in the model's normalized input space ([B, H, W, 3] float32) and clip to the image of
+[0, 1] under `model.preprocess`. Images never interact (jitter shifts are shared by the batch and
+drawn from the key), so a batch gives the same images as one call per image with the same key.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxviz.methods.faithfulness import blur
+from jaxviz.models.preprocess import Preprocess
+from jaxviz.models.stage import Model, Params, forward_fn
+
+
+def valid_range(preprocess: Preprocess) -> tuple[jax.Array, jax.Array]:
+    """Normalized values of pixel 0 and pixel 255: two [1, 1, 1, 3] float32 bounds."""
+    ends = jnp.stack([jnp.zeros((1, 1, 3), jnp.float32), jnp.full((1, 1, 3), 255.0, jnp.float32)])
+    lo, hi = preprocess.normalize(ends)
+    return lo[None], hi[None]
+
+
+def _per_image_normalize(g: jax.Array) -> jax.Array:
+    """g / mean |g| per image: [B, H, W, C] -> same."""
+    return g / (jnp.abs(g).mean(axis=(1, 2, 3), keepdims=True) + 1e-8)
+
+
+def _jittered_grad(fn, x: jax.Array, key: jax.Array, jitter: int) -> jax.Array:
+    """Gradient of sum(fn(x)) at x rolled by a random (dy, dx) in [-jitter, jitter], rolled back."""
+    dy, dx = jax.random.randint(key, (2,), -jitter, jitter + 1)
+    g = jax.grad(lambda z: fn(z).sum())(jnp.roll(x, (dy, dx), axis=(1, 2)))
+    return jnp.roll(g, (-dy, -dx), axis=(1, 2))
+
+
+def class_visualization(
+    model: Model,
+    params: Params,
+    classes: jax.Array,
+    key: jax.Array,
+    steps: int = 100,
+    lr: float = 0.1,
+    l2: float = 1e-3,
+    jitter: int = 4,
+    blur_every: int = 4,
+    blur_sigma: float = 0.5,
+    init_std: float = 0.1,
+    objective: str = "logit",
+) -> jax.Array:
+    """Class-model images: [B] int32 classes -> [B, H, W, 3] float32 normalized images.
+
+    Each step: x += lr * g / mean|g| (g: gradient of the class logit at the jittered image), then
+    x *= 1 - l2, every `blur_every` steps a Gaussian blur of std `blur_sigma` px, then clipping.
+    Starts from N(0, init_std) in normalized units (the dataset mean colour plus noise).
+    """
+    h, w = model.input_size
+    lo, hi = valid_range(model.preprocess)
+    init_key, key = jax.random.split(key)
+    x0 = init_std * jax.random.normal(init_key, (1, h, w, 3), jnp.float32)
+    x0 = jnp.clip(jnp.broadcast_to(x0, (classes.shape[0], h, w, 3)), lo, hi)
+    score = forward_fn(model)
+    size = 2 * max(1, round(2 * blur_sigma)) + 1
+
+    def logit(z: jax.Array) -> jax.Array:
+        out = score(params, z).astype(jnp.float32)
+        if objective == "logprob":
+            out = jax.nn.log_softmax(out, axis=-1)
+        return jnp.take_along_axis(out, classes[:, None], axis=1)
+
+    def body(i: int, x: jax.Array) -> jax.Array:
+        g = _jittered_grad(logit, x, jax.random.fold_in(key, i), jitter)
+        rate = lr * 0.5 * (1.0 + jnp.cos(jnp.pi * i / steps))
+        x = (x + rate * _per_image_normalize(g)) * (1.0 - l2)
+        x = jnp.where((i + 1) % blur_every == 0, blur(x, blur_sigma, size), x)
+        return jnp.clip(x, lo, hi)
+
+    return jax.lax.fori_loop(0, steps, body, x0)
+
+
+def total_variation(x: jax.Array, beta: float = 2.0) -> jax.Array:
+    """Mahendran & Vedaldi's TV^beta: [B, H, W, C] -> [B] mean over pixels of
+    ((dy^2 + dx^2)^(beta / 2)), finite differences (last row/column dropped)."""
+    dy = x[:, 1:, :-1] - x[:, :-1, :-1]
+    dx = x[:, :-1, 1:] - x[:, :-1, :-1]
+    return ((dy**2 + dx**2 + 1e-8) ** (beta / 2)).mean(axis=(1, 2, 3))
+
+
+def feature_distance(model: Model, params: Params, x: jax.Array, target: jax.Array, layer: str):
+    """Relative squared feature error ||phi(x) - phi0||^2 / ||phi0||^2: [B] float32."""
+    f = forward_fn(model, stop=layer)(params, x)
+    axes = tuple(range(1, f.ndim))
+    return ((f - target) ** 2).sum(axes) / ((target**2).sum(axes) + 1e-8)
+
+
+def invert(
+    model: Model,
+    params: Params,
+    images: jax.Array,
+    layer: str,
+    key: jax.Array,
+    steps: int = 200,
+    lr: float = 0.05,
+    tv_weight: float = 0.05,
+    tv_beta: float = 2.0,
+    init_std: float = 0.1,
+) -> jax.Array:
+    """Feature inversion: [B, H, W, 3] normalized images -> [B, H, W, 3] reconstructions.
+
+    Minimizes feature_distance + tv_weight * TV^beta with Adam (lr in normalized units), from
+    N(0, init_std) noise shared by the batch, clipping to valid pixels after every step.
+    """
+    lo, hi = valid_range(model.preprocess)
+    target = jax.lax.stop_gradient(forward_fn(model, stop=layer)(params, images))
+    x0 = init_std * jax.random.normal(key, (1, *images.shape[1:]), jnp.float32)
+    x0 = jnp.clip(jnp.broadcast_to(x0, images.shape), lo, hi)
+    opt = optax.adam(lr)
+
+    def loss(z: jax.Array) -> jax.Array:
+        d = feature_distance(model, params, z, target, layer)
+        return (d + tv_weight * total_variation(z, tv_beta)).sum()
+
+    def body(_: int, carry: tuple) -> tuple:
+        x, state = carry
+        updates, state = opt.update(jax.grad(loss)(x), state, x)
+        return jnp.clip(optax.apply_updates(x, updates), lo, hi), state
+
+    return jax.lax.fori_loop(0, steps, body, (x0, opt.init(x0)))[0]
+
+
+def layer_energy(model: Model, params: Params, x: jax.Array, layer: str) -> jax.Array:
+    """DeepDream's objective 0.5 ||stage-L activation||^2 per image: [B] float32."""
+    a = forward_fn(model, stop=layer)(params, x)
+    return 0.5 * (a.astype(jnp.float32) ** 2).sum(axis=tuple(range(1, a.ndim)))
+
+
+def _resize(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
+    return jax.image.resize(x, (x.shape[0], *hw, x.shape[3]), "linear")
+
+
+def dream(
+    model: Model,
+    params: Params,
+    images: jax.Array,
+    layer: str,
+    key: jax.Array,
+    steps: int = 20,
+    lr: float = 0.02,
+    octaves: int = 3,
+    octave_scale: float = 1.4,
+    jitter: int = 4,
+) -> jax.Array:
+    """DeepDream: [B, H, W, 3] normalized images -> [B, H, W, 3] dreamed images.
+
+    Octave k (coarsest first) works at size round(H / scale^k); at each, `steps` of
+    x += lr * g / mean|g| with jittered gradients of `layer_energy`, then clipping. The detail
+    (dreamed minus base) is upsampled into the next octave's base.
+    """
+    lo, hi = valid_range(model.preprocess)
+    h, w = images.shape[1:3]
+    sizes = [
+        (max(1, round(h / octave_scale**k)), max(1, round(w / octave_scale**k)))
+        for k in reversed(range(octaves))
+    ]
+    detail = jnp.zeros((images.shape[0], *sizes[0], 3), images.dtype)
+    x = images
+    for k, hw in enumerate(sizes):
+        base = _resize(images, hw)
+        x = jnp.clip(base + _resize(detail, hw), lo, hi)
+        octave_key = jax.random.fold_in(key, k)
+
+        def body(i: int, x: jax.Array, octave_key: jax.Array = octave_key) -> jax.Array:
+            energy = lambda z: layer_energy(model, params, z, layer)  # noqa: E731
+            g = _jittered_grad(energy, x, jax.random.fold_in(octave_key, i), jitter)
+            return jnp.clip(x + lr * _per_image_normalize(g), lo, hi)
+
+        x = jax.lax.fori_loop(0, steps, body, x)
+        detail = x - base
+    return x
