@@ -234,9 +234,12 @@ def _per_image(args, model, params, step, put, out: JobOutput, batch_size: int) 
     if items:
         before = np.asarray([it["before"] for it in items])
         after = np.asarray([it["after"] for it in items])
-        what = "feature_distance" if args.command == "invert" else "layer_energy"
+        if args.command == "invert":
+            what, ratio = "feature_distance", ("median_reduction", before / after)
+        else:
+            what, ratio = "layer_energy", ("median_gain", after / before)
         out.results[what] = {
             "before_mean": float(before.mean()),
             "after_mean": float(after.mean()),
-            "median_ratio": float(np.median(before / np.maximum(after, 1e-12))),
+            ratio[0]: float(np.median(ratio[1])),
         }

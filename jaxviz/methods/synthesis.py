@@ -4,7 +4,10 @@
   Networks"): gradient ascent on the input to maximize a class's pre-softmax logit, regularized as
   in Yosinski et al. 2015 ("Understanding Neural Networks Through Deep Visualization"): L2 decay,
   jitter (a random roll before each step), a periodic Gaussian blur and clipping to valid pixels.
-  Deviation: the gradient is divided by its per-image mean |g|, so the learning rate is in
+  Deviations: the default objective is the class log-probability (log-softmax), not the logit
+  Simonyan ascends (`objective="logit"`): on the demo model the logit of "ring" also raises
+  "circle" more, so the image ends up classified as a circle. The gradient is divided by its
+  per-image mean |g|, so the learning rate is in
   normalized-input units per step whatever the model's logit scale.
 - Feature inversion (Mahendran & Vedaldi 2015, "Understanding Deep Image Representations by
   Inverting Them"): an image whose stage-L features match a given image's, minimizing the relative
@@ -60,12 +63,13 @@ def class_visualization(
     blur_every: int = 4,
     blur_sigma: float = 0.5,
     init_std: float = 0.1,
-    objective: str = "logit",
+    objective: str = "logprob",
 ) -> jax.Array:
     """Class-model images: [B] int32 classes -> [B, H, W, 3] float32 normalized images.
 
     Each step: x += lr * g / mean|g| (g: gradient of the class logit at the jittered image), then
     x *= 1 - l2, every `blur_every` steps a Gaussian blur of std `blur_sigma` px, then clipping.
+    objective: "logprob" (log-softmax of the class) or "logit" (its pre-softmax score).
     Starts from N(0, init_std) in normalized units (the dataset mean colour plus noise).
     """
     h, w = model.input_size

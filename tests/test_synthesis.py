@@ -1,0 +1,82 @@
+"""Synthesis methods: class-model visualization reaches the class, inversion matches features,
+DeepDream raises the layer norm, and a batch equals one call per image."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxviz.methods import synthesis as syn
+from jaxviz.models.stage import forward_fn
+from jaxviz.models.zoo import load_model
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model("demo")
+
+
+def _in_range(model, x):
+    lo, hi = syn.valid_range(model.preprocess)
+    return bool(jnp.all(x >= lo - 1e-5) & jnp.all(x <= hi + 1e-5))
+
+
+def test_classviz_reaches_every_class(demo):
+    model, params = demo
+    classes = jnp.arange(model.num_classes, dtype=jnp.int32)
+    run = jax.jit(functools.partial(syn.class_visualization, model, steps=60, lr=0.1))
+    x = run(params, classes, jax.random.key(0))
+    probs = jax.nn.softmax(forward_fn(model)(params, x), axis=-1)
+    p = np.asarray(probs[jnp.arange(model.num_classes), classes])
+    assert p.min() >= 0.9, p
+    assert _in_range(model, x)
+
+
+def test_batched_equals_per_image(demo):
+    model, params = demo
+    key = jax.random.key(3)
+    images = model.preprocess.normalize(
+        jax.random.randint(jax.random.key(1), (2, 32, 32, 3), 0, 256)
+    )
+    cases = [
+        (jax.jit(functools.partial(syn.class_visualization, model, steps=4)), jnp.asarray([2, 7])),
+        (jax.jit(functools.partial(syn.invert, model, layer="conv2", steps=4)), images),
+        (jax.jit(functools.partial(syn.dream, model, layer="conv2", steps=2, octaves=2)), images),
+    ]
+    for fn, inputs in cases:
+        batched = fn(params, inputs, key=key)
+        single = jnp.concatenate([fn(params, inputs[i : i + 1], key=key) for i in range(2)])
+        np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-4)
+
+
+def test_invert_reduces_feature_distance(demo):
+    model, params = demo
+    from jaxviz.data.shapes import ShapesSet
+
+    shapes = ShapesSet(2, seed=0)
+    images = model.preprocess.normalize(np.stack([shapes.sample(i)[0] for i in range(2)]))
+    x = jax.jit(functools.partial(syn.invert, model, layer="conv3", steps=150))(
+        params, images, key=jax.random.key(0)
+    )
+    target = forward_fn(model, stop="conv3")(params, images)
+    before = syn.feature_distance(model, params, jnp.zeros_like(images), target, "conv3")
+    after = syn.feature_distance(model, params, x, target, "conv3")
+    assert np.all(np.asarray(before / after) > 10), (before, after)
+    assert _in_range(model, x)
+
+
+def test_dream_increases_layer_norm(demo):
+    model, params = demo
+    from jaxviz.data.shapes import ShapesSet
+
+    shapes = ShapesSet(2, seed=1)
+    images = model.preprocess.normalize(np.stack([shapes.sample(i)[0] for i in range(2)]))
+    x = jax.jit(functools.partial(syn.dream, model, layer="conv4", steps=10))(
+        params, images, key=jax.random.key(0)
+    )
+    before = syn.layer_energy(model, params, images, "conv4")
+    after = syn.layer_energy(model, params, x, "conv4")
+    assert np.all(np.asarray(after / before) > 1.5), (before, after)
+    assert _in_range(model, x)
