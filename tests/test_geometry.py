@@ -33,39 +33,54 @@ def _support_box(grad: np.ndarray) -> tuple[int, int, int, int]:
     return (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1)
 
 
-def _unit_grad(model, params, x, stage, y, xx):
-    def unit(v):
-        _, taps = forward(model, params, v, stop=stage)
-        return taps[stage][0, y, xx].sum()
-
-    return np.asarray(jax.grad(unit)(x)[0])
-
-
 def _linear_pool(x, window, strides, padding):
     return nn.avg_pool(x, window, strides, padding=padding, count_include_pad=True)
+
+
+def _unit_grads(model, params, x, queries, last):
+    """d(sum over channels of unit (y, x) of stage)/d(input) for every (stage, y, x) query:
+    one jitted VJP of all spatial taps, called with a one-hot cotangent per query."""
+
+    def taps(v):
+        return forward(model, params, v, stop=last)[1]
+
+    @jax.jit
+    def grad(v, cotangent):
+        return jax.vjp(taps, v)[1](cotangent)[0][0]
+
+    zeros = {k: np.zeros(a.shape, np.float32) for k, a in jax.eval_shape(taps, x).items()}
+    out = []
+    for stage, y, xx in queries:
+        cot = dict(zeros)
+        cot[stage] = np.zeros_like(zeros[stage])
+        cot[stage][0, y, xx] = 1.0
+        out.append(np.asarray(grad(x, cot)))
+    return out
 
 
 @pytest.mark.parametrize("name,size", MODELS)
 def test_receptive_field_matches_gradient_support(name, size):
     model = entry(name).build()
-    params = init_params(model, jax.random.key(1), size)
-    x = jax.random.normal(jax.random.key(2), (1, *size, 3))
     rfs = receptive_fields(model)
+    last = [k for k, rf in rfs.items() if rf is not None][-1]
+    params = init_params(model, jax.random.key(1), size, stop=last)
+    x = jax.random.normal(jax.random.key(2), (1, *size, 3))
     shapes = stage_shapes(model, size)
+    queries, boxes = [], []
     for stage, rf in rfs.items():
         if rf is None:
             continue
         h, w = shapes[stage][:2]
-        for y, xx in {(0, 0), (h - 1, w - 1), (h // 2, w // 2), (0, w - 1)}:
-            box = rf.box(y, xx, size)
-            g = _unit_grad(model, params, x, stage, y, xx)
-            y0, x0, y1, x1 = _support_box(g)
-            assert box[0] <= y0 and box[1] <= x0 and y1 <= box[2] and x1 <= box[3], (stage, y, xx)
-            with ops.activation_override(
-                relu=lambda v: v, relu6=lambda v: v, max_pool=_linear_pool
-            ):
-                g = _unit_grad(model, params, x, stage, y, xx)
-            assert _support_box(g) == box, (stage, y, xx, _support_box(g), box)
+        for y, xx in sorted({(0, 0), (h - 1, w - 1), (h // 2, w // 2), (0, w - 1)}):
+            queries.append((stage, y, xx))
+            boxes.append(rf.box(y, xx, size))
+    for q, box, g in zip(queries, boxes, _unit_grads(model, params, x, queries, last), strict=True):
+        y0, x0, y1, x1 = _support_box(g)
+        assert box[0] <= y0 and box[1] <= x0 and y1 <= box[2] and x1 <= box[3], q
+    with ops.activation_override(relu=lambda v: v, relu6=lambda v: v, max_pool=_linear_pool):
+        linear = _unit_grads(model, params, x, queries, last)
+    for q, box, g in zip(queries, boxes, linear, strict=True):
+        assert _support_box(g) == box, (q, _support_box(g), box)
 
 
 def test_alexnet_conv5_and_pool5_geometry_at_224():

@@ -117,12 +117,16 @@ def forward_fn(
     return run
 
 
-def init_params(model: Model, key: jax.Array, input_size: Pair | None = None) -> Params:
-    """Random parameters for every stage, chaining shapes from a [1, H, W, 3] input."""
+def init_params(
+    model: Model, key: jax.Array, input_size: Pair | None = None, stop: str | None = None
+) -> Params:
+    """Random parameters for stages up to `stop` (default: all), chaining shapes from a
+    [1, H, W, 3] input. Stopping early skips e.g. VGG's 100M fully connected weights."""
     h, w = input_size or model.input_size
     x = jnp.zeros((1, h, w, 3), jnp.float32)
     params = {}
-    for st, k in zip(model.stages, jax.random.split(key, len(model.stages)), strict=True):
+    keys = jax.random.split(key, len(model.stages))
+    for st, k in zip(_span(model, None, stop), keys, strict=False):
         params[st.name] = st.module.init(k, x)
         x = st.apply(params[st.name], x)
     return params
