@@ -26,7 +26,7 @@ def _in_range(model, x):
 def test_classviz_reaches_every_class(demo):
     model, params = demo
     classes = jnp.arange(model.num_classes, dtype=jnp.int32)
-    run = jax.jit(functools.partial(syn.class_visualization, model, steps=60, lr=0.1))
+    run = jax.jit(functools.partial(syn.class_visualization, model, steps=30, lr=0.2))
     x = run(params, classes, jax.random.key(0))
     probs = jax.nn.softmax(forward_fn(model)(params, x), axis=-1)
     p = np.asarray(probs[jnp.arange(model.num_classes), classes])
