@@ -33,13 +33,15 @@ from jaxviz.cli import COMMANDS
 from jaxviz.errors import UsageError, unknown
 
 PART_OPTIONS = ("name", "model", "data", "random_init", "seed", "dtype", "batch_size", "limit")
+# every job a study may name, in the order they run within a part (producers before the jobs
+# that read their outputs)
 SWEEP_JOBS = (
     "filters",
-    "activations",
     "evaluate",
     "classify",
     "features",
     "patches",
+    "activations",
     "tsne",
     "neighbors",
     "occlusion",

@@ -23,30 +23,9 @@ from jaxviz.cli import COMMANDS
 from jaxviz.errors import UsageError
 from jaxviz.jobs.output import save_json
 from jaxviz.jobs.scan import run_scan_jobs
-from jaxviz.jobs.study import Job, Study, default_study_text, load_study
+from jaxviz.jobs.study import SWEEP_JOBS, Job, Study, default_study_text, load_study
 from jaxviz.render.report import write_study_report
 from jaxviz.runtime.distributed import barrier, initialize
-
-# the order jobs run in within a part (producers before consumers of their outputs)
-ORDER = (
-    "filters",
-    "evaluate",
-    "classify",
-    "features",
-    "patches",
-    "activations",
-    "tsne",
-    "neighbors",
-    "occlusion",
-    "saliency",
-    "guided",
-    "gradcam",
-    "ig",
-    "smoothgrad",
-    "classviz",
-    "invert",
-    "dream",
-)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -110,7 +89,7 @@ def _units(jobs: list[Job]) -> list[list[Job]]:
 
     units: list[list[Job]] = []
     groups: dict[tuple, list[Job]] = {}
-    for job in sorted(jobs, key=lambda j: ORDER.index(j.command)):
+    for job in sorted(jobs, key=lambda j: SWEEP_JOBS.index(j.command)):
         if hasattr(_module(job), "prepare"):
             key = scan_key(job.args)
             if key in groups:
