@@ -80,3 +80,25 @@ def test_dream_increases_layer_norm(demo):
     after = syn.layer_energy(model, params, x, "conv4")
     assert np.all(np.asarray(after / before) > 1.5), (before, after)
     assert _in_range(model, x)
+
+
+def test_cli_jobs(tmp_path):
+    import json
+
+    from jaxviz.cli import main
+
+    args = ["--steps", "2", "--batch-size", "4"]
+    cv = tmp_path / "cv"
+    assert main(["classviz", "--classes", "circle,3", *args, "--out", str(cv)]) == 0
+    manifest = json.loads((cv / "manifest.json").read_text())
+    assert [c["name"] for c in manifest["results"]["classes"]] == ["circle", "cross"]
+    images = np.load(cv / "images.npy")
+    assert images.shape == (2, 64, 64, 3) and images.min() >= 0 and images.max() <= 1
+    assert (cv / "grid.png").exists() and (cv / "0003_cross.png").exists()
+    data = ["--data", "shapes:3", "--layer", "conv2"]
+    for cmd in ("invert", "dream"):
+        assert main([cmd, *data, *args, "--out", str(tmp_path / cmd)]) == 0
+        items = json.loads((tmp_path / cmd / "items.json").read_text())
+        assert len(items) == 3 and all(np.isfinite(it["after"]) for it in items)
+    assert main(["invert", "--data", "shapes:3", "--layer", "nope", "--out", str(tmp_path)]) == 2
+    assert main(["classviz", "--classes", "11", "--out", str(tmp_path / "bad")]) == 2
