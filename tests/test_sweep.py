@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from jaxviz.cli import main
@@ -151,3 +152,45 @@ def test_kill_9_at_a_random_batch_then_resume_equals_clean_run(tmp_path):
     assert [k for k in a if a[k] != b[k]] == []
     m = json.loads((broken / "k" / "activations" / "manifest.json").read_text())
     assert m["counts"]["images"] == 160
+
+
+def test_five_percent_corrupt_files_each_good_file_exactly_once(tmp_path):
+    """40 files, 2 of them corrupt: both in `skipped`, every good file in the features exactly
+    once, in the activations exactly once."""
+    from PIL import Image
+
+    from jaxviz.index.feature_store import FeatureStore
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        path = data / f"{i:02d}.png"
+        if i in (7, 31):
+            path.write_bytes(b"\x89PNG\r\n\x1a\n" + rng.bytes(50))  # truncated garbage
+        else:
+            Image.fromarray(rng.integers(0, 255, (48, 40, 3), np.uint8)).save(path)
+    study = tmp_path / "s.toml"
+    study.write_text(f"""
+[[part]]
+name = "c"
+model = "demo"
+random_init = true
+data = "{data}"
+batch_size = 8
+[part.features]
+index = "Flat"
+[part.activations]
+layer = "conv1"
+""")
+    out = tmp_path / "out"
+    assert main(["sweep", str(study), "--out", str(out)]) == 0
+    for job in ("features", "activations"):
+        m = json.loads((out / "c" / job / "manifest.json").read_text())
+        assert sorted(s["id"].rsplit("/", 1)[1] for s in m["skipped"]) == ["07.png", "31.png"]
+        assert m["counts"]["images"] == 38
+    store = FeatureStore(out / "c" / "features")
+    index = np.concatenate([idx for _, idx, _ in store.shards()])
+    assert sorted(index.tolist()) == [i for i in range(40) if i not in (7, 31)]
+    items = json.loads((out / "c" / "activations" / "items.json").read_text())
+    assert [it["index"] for it in items] == [i for i in range(40) if i not in (7, 31)]
