@@ -7,6 +7,7 @@ in a class subfolder), a text file listing paths, a glob, a `.npy`/`.npz` of uin
 
 from __future__ import annotations
 
+import abc
 import functools
 import glob as globlib
 import os
@@ -48,21 +49,21 @@ class ItemInfo:
     box: tuple[int, int, int, int] | None = None
 
 
-class Source:
+class Source(abc.ABC):
     """Random access to a dataset. Subclasses set `spec` and `class_names`."""
 
     spec: str = ""
     class_names: tuple[str, ...] | None = None
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
 
-    def info(self, i: int) -> ItemInfo:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def info(self, i: int) -> ItemInfo: ...
 
+    @abc.abstractmethod
     def load(self, i: int) -> Image.Image:
         """The RGB image of item i; raises BadInput when it cannot be used."""
-        raise NotImplementedError
 
 
 class FileSource(Source):
