@@ -11,13 +11,11 @@ from jaxviz.data.pipeline import Batch
 from jaxviz.data.sources import Source, open_source
 from jaxviz.errors import UsageError
 from jaxviz.jobs.common import (
-    DTYPES,
     add_data_args,
     add_model_args,
     add_out_arg,
     model_config,
     model_from_args,
-    scan_key,
 )
 from jaxviz.jobs.output import JobOutput
 from jaxviz.jobs.scan import ScanJob
@@ -134,13 +132,9 @@ def prepare(args: argparse.Namespace) -> ScanJob:
         out,
         [ActivationWriter(args.layer, source, model, out)],
         complete,
-        args.batch_size,
-        args.limit,
-        DTYPES[args.dtype],
-        scan_key(args),
+        args,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    prepare(args).run()
-    return 0
+    return prepare(args).run()

@@ -29,13 +29,11 @@ from jaxviz.index.feature_store import DTYPES as STORE_DTYPES
 from jaxviz.index.feature_store import FeatureStore, FeatureWriter
 from jaxviz.index.knn import METRICS, KnnIndex, choose_factory
 from jaxviz.jobs.common import (
-    DTYPES,
     add_data_args,
     add_model_args,
     add_out_arg,
     model_config,
     model_from_args,
-    scan_key,
 )
 from jaxviz.jobs.output import JobOutput
 from jaxviz.jobs.scan import ScanJob
@@ -226,13 +224,9 @@ def prepare(args: argparse.Namespace) -> ScanJob:
         out,
         [consumer],
         complete,
-        args.batch_size,
-        args.limit,
-        DTYPES[args.dtype],
-        scan_key(args),
+        args,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    prepare(args).run()
-    return 0
+    return prepare(args).run()

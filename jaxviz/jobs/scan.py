@@ -8,6 +8,7 @@ pass this way (the sweep relies on it).
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ import numpy as np
 from jaxviz.data.pipeline import Batch, shard_indices, stream
 from jaxviz.data.sources import Source
 from jaxviz.errors import UsageError
+from jaxviz.jobs.common import DTYPES, scan_key
 from jaxviz.jobs.output import JobOutput
 from jaxviz.models.stage import Model, Params, forward
 from jaxviz.runtime.devices import batch_sharding, local_mesh, replicated, round_up
@@ -242,7 +244,9 @@ class ScanJob:
     jobs over the same model and data into ONE pass.
 
     `complete(results)` receives {consumer name: finish()} for this job's consumers and writes
-    its outputs. Jobs merge when their `key` (model, data, batch, limit, dtype) is equal.
+    its outputs. Batch size, limit, dtype and the sharing key come from the job's parsed
+    arguments (`--batch-size`, `--limit`, `--dtype`, see `jobs.common.scan_key`); jobs merge
+    when their keys are equal.
     """
 
     model: Model
@@ -251,13 +255,28 @@ class ScanJob:
     out: JobOutput
     consumers: list
     complete: Callable[[dict], None]
-    batch_size: int
-    limit: int | None
-    dtype: Any
-    key: tuple
+    args: argparse.Namespace
 
-    def run(self) -> None:
+    @property
+    def batch_size(self) -> int:
+        return self.args.batch_size
+
+    @property
+    def limit(self) -> int | None:
+        return self.args.limit
+
+    @property
+    def dtype(self) -> Any:
+        return DTYPES[self.args.dtype]
+
+    @property
+    def key(self) -> tuple:
+        return scan_key(self.args)
+
+    def run(self) -> int:
+        """Run this job alone (one pass); the exit code of a job's `run`."""
         run_scan_jobs([self])
+        return 0
 
 
 def run_scan_jobs(jobs: Sequence[ScanJob], desc: str = "scan", checkpoint_every: int = 20) -> None:
