@@ -28,7 +28,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -43,6 +42,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.hardware import hardware as base_hardware  # noqa: E402
 from jaxviz.models import efficientnet_lite  # noqa: E402
 from jaxviz.models.depthwise import (  # noqa: E402
     depthwise_grouped,
@@ -67,21 +67,8 @@ LITE0_TORCH_TAPS = {
 
 
 def hardware() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
-        "threads": torch.get_num_threads(),
-        "jax": jax.__version__,
-        "torch": torch.__version__,
-        "device": str(jax.devices()[0]),
-        "load_avg_1m": os.getloadavg()[0],
-    }
+    """The shared hardware record plus torch's version and thread count."""
+    return {**base_hardware(), "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def jax_model(name: str):
