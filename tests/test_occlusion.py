@@ -15,6 +15,7 @@ from jaxviz.methods.occlusion import (
     occlude,
     occlusion,
     pixel_map,
+    window_centre,
 )
 from jaxviz.methods.pointing import pointing_game, pointing_hit, scale_box
 from jaxviz.models.stage import forward_fn
@@ -127,6 +128,17 @@ def test_pointing_game():
     assert pointing_hit(heat, (3, 0, 10, 10), tolerance=1.0)
     assert pointing_game(np.stack([heat, heat]), [(0, 5, 4, 9), (5, 5, 9, 9)]) == 0.5
     assert scale_box((10, 20, 30, 40), (100, 100), (50, 50)) == (5, 10, 15, 20)
+
+
+def test_window_centre_matches_covered_pixels():
+    hw, win, st = (11, 13), (4, 6), (3, 5)
+    ay, ax = coverage(hw[0], win[0], st[0]), coverage(hw[1], win[1], st[1])
+    for py in range(ay.shape[1]):
+        for px in range(ax.shape[1]):
+            ys, xs = np.flatnonzero(ay[:, py]), np.flatnonzero(ax[:, px])
+            want = ((ys[0] + ys[-1]) // 2, (xs[0] + xs[-1]) // 2)
+            assert window_centre((py, px), hw, win, st) == want
+    assert window_centre((3, 2), hw, win, st) == (9, 11)  # both cut at the border
 
 
 def test_job_writes_maps_and_pointing(tmp_path):

@@ -53,6 +53,17 @@ def positions(image_hw: Pair, window: Pair, stride: Pair) -> np.ndarray:
     return np.stack([py.ravel(), px.ravel()], axis=1).astype(np.int32)
 
 
+def window_centre(index: Pair, image_hw: Pair, window: Pair, stride: Pair) -> Pair:
+    """Pixel (y, x) at the centre of grid window `index` (py, px), its border cut included.
+
+    Zeiler & Fergus plot occlusion against the patch centre: this is where a grid value lies.
+    """
+    return tuple(
+        (p * s + min(p * s + w, n) - 1) // 2
+        for p, n, w, s in zip(index, image_hw, window, stride, strict=True)
+    )
+
+
 def fill_images(x: jax.Array, fill: Fill, sigma: float) -> jax.Array:
     """What the patch shows, [B, H, W, C] float32: a constant, the image mean or a blurred copy."""
     if fill == "mean":
@@ -103,13 +114,16 @@ class Evaluator(Protocol):
     """Logits of occluded images, one chunk of positions at a time.
 
     prepare(params, x, fill): per-image state shared by all positions (x, fill: [b, H, W, C]).
-    logits(params, state, corners): corners [n, 2] int32 top-left (y, x) -> [b, n, K] float32.
+    partition(corners): [(group id, indices)] of [n, 2] numpy corners; a group's positions share
+    one compiled path (incremental inference: the same slice sizes). Optional: one group.
+    logits(params, state, corners, group): corners [n, 2] int32 top-left (y, x), all in `group`
+    -> [b, n, K] float32.
     bytes_per_position: device memory one (image, position) pair needs, for chunk sizing.
     """
 
     def prepare(self, params: Params, x: jax.Array, fill: jax.Array) -> Any: ...
 
-    def logits(self, params: Params, state: Any, corners: jax.Array) -> jax.Array: ...
+    def logits(self, params: Params, state: Any, corners: jax.Array, group: int) -> jax.Array: ...
 
     @property
     def bytes_per_position(self) -> int: ...
@@ -140,7 +154,9 @@ class FullForward:
     def prepare(self, params: Params, x: jax.Array, fill: jax.Array) -> Any:
         return x, fill
 
-    def logits(self, params: Params, state: Any, corners: jax.Array) -> jax.Array:
+    def logits(
+        self, params: Params, state: Any, corners: jax.Array, group: int | None = 0
+    ) -> jax.Array:
         x, fill = state
 
         def per_image(xi: jax.Array, fi: jax.Array) -> jax.Array:
@@ -170,6 +186,39 @@ def auto_chunk(evaluator: Evaluator, images_per_device: int, n_positions: int, b
     """Positions per chunk so that images_per_device * chunk positions fit in `budget` bytes."""
     per = max(1, evaluator.bytes_per_position * images_per_device)
     return int(max(1, min(n_positions, budget // per)))
+
+
+def partition(evaluator: Evaluator, corners: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """The evaluator's groups of corners [n, 2] (one group if it has no `partition`)."""
+    part = getattr(evaluator, "partition", None)
+    return part(corners) if part is not None else [(0, np.arange(len(corners)))]
+
+
+def evaluate(
+    evaluator: Evaluator,
+    params: Params,
+    state: Any,
+    corners: np.ndarray,
+    chunk: int,
+    fn: Callable[[jax.Array], jax.Array] = lambda logits: logits,
+) -> jax.Array:
+    """fn(logits) at every corner [n, 2] (numpy), [b, n, ...]: each group of the evaluator's
+    partition runs in chunks of at most `chunk` positions (`lax.map`, chunks balanced so the
+    last one is nearly full) and the results are scattered back into corner order."""
+    outs, order = [], []
+    for group, idx in partition(evaluator, corners):
+        n = len(idx)
+        k = -(-n // chunk)
+        size = -(-n // k)
+        sel = np.concatenate([idx, np.repeat(idx[-1:], k * size - n)])
+        cs = jnp.asarray(corners[sel].reshape(k, size, 2).astype(np.int32))
+        r = jax.lax.map(lambda c, g=group: fn(evaluator.logits(params, state, c, g)), cs)
+        r = jnp.moveaxis(r, 1, 0)  # [b, k, size, ...]
+        outs.append(r.reshape(r.shape[0], k * size, *r.shape[3:])[:, :n])
+        order.append(idx)
+    if len(outs) == 1 and np.array_equal(order[0], np.arange(len(corners))):
+        return outs[0]
+    return jnp.concatenate(outs, axis=1)[:, np.argsort(np.concatenate(order))]
 
 
 def coverage(n: int, window: int, stride: int) -> np.ndarray:
@@ -238,8 +287,6 @@ def occlusion_fn(
     n_pos = corners.shape[0]
     chunk = chunk or auto_chunk(evaluator, images_per_device, n_pos, budget or default_budget())
     chunk = min(chunk, n_pos)
-    padded = np.concatenate([corners, np.repeat(corners[-1:], round_up(n_pos, chunk) - n_pos, 0)])
-    chunks = jnp.asarray(padded.reshape(-1, chunk, 2))
     sigma = blur_sigma if blur_sigma is not None else max(window) / 4
 
     def local(params: Params, x: jax.Array, targets: jax.Array) -> tuple[jax.Array, ...]:
@@ -252,12 +299,15 @@ def occlusion_fn(
             base = jnp.take_along_axis(jax.nn.softmax(base_logits, axis=-1), targets, axis=1)
         state = evaluator.prepare(params, x, fill_images(x, fill, sigma))
 
-        def body(c: jax.Array) -> jax.Array:
-            return _scores(evaluator.logits(params, state, c), targets, output, base)
-
-        scores = jax.lax.map(body, chunks)  # [n_chunks, b, chunk, T]
-        scores = jnp.moveaxis(scores, 1, 0).reshape(x.shape[0], -1, targets.shape[1])
-        return scores[:, :n_pos], targets, base
+        scores = evaluate(
+            evaluator,
+            params,
+            state,
+            corners,
+            chunk,
+            lambda logits: _scores(logits, targets, output, base),
+        )
+        return scores, targets, base
 
     batch = PartitionSpec("batch")
     sharded = jax.shard_map(

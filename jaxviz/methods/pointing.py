@@ -21,7 +21,12 @@ def argmax_2d(heat: np.ndarray) -> tuple[int, int]:
 
 def pointing_hit(heat: np.ndarray, box: Box, tolerance: float = 0.0) -> bool:
     """True when the maximum of `heat` [H, W] is within `tolerance` pixels of `box`."""
-    y, x = argmax_2d(np.asarray(heat))
+    return point_in_box(argmax_2d(np.asarray(heat)), box, tolerance)
+
+
+def point_in_box(point: tuple[int, int], box: Box, tolerance: float = 0.0) -> bool:
+    """True when pixel (y, x) is within `tolerance` pixels of `box`."""
+    y, x = point
     y0, x0, y1, x1 = box
     dy = max(y0 - y, 0, y - (y1 - 1))
     dx = max(x0 - x, 0, x - (x1 - 1))
