@@ -44,6 +44,17 @@ def test_knn_excludes_self_and_matches_brute_force(small):
     np.testing.assert_allclose(dist, np.take_along_axis(d2, ref, 1), rtol=1e-4, atol=1e-4)
 
 
+def test_approximate_knn_recalls_the_exact_graph():
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.normal(c, 1.0, (600, 16)) for c in range(5)]).astype(np.float32)
+    d_exact, i_exact = tsne_affinities.knn(x, 30, exact=True)
+    d_ivf, i_ivf = tsne_affinities.knn(x, 30, exact=False)
+    assert not (i_ivf == np.arange(len(x))[:, None]).any()
+    recall = np.mean([len(np.intersect1d(a, b)) / 30 for a, b in zip(i_exact, i_ivf, strict=True)])
+    assert recall > 0.95, recall
+    assert np.all(d_ivf >= d_exact - 1e-3)  # never nearer than the true k-th neighbours
+
+
 def test_binary_search_hits_perplexity():
     rng = np.random.default_rng(1)
     d = np.sort(rng.gamma(2.0, 3.0, (200, 90)), axis=1).astype(np.float32)
