@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "filters": ("jaxviz.jobs.filters", "a layer's filters as a tile grid PNG (+ raw .npy)"),
     "activations": ("jaxviz.jobs.activations", "all channels of a layer for each image"),
     "patches": ("jaxviz.jobs.patches", "maximally activating patches of a layer's channels"),
+    "channels": ("jaxviz.jobs.channels", "per-channel mean/std/max/fraction > 0 of a layer"),
     "classify": ("jaxviz.jobs.classify", "top-k classes with names and probabilities per image"),
     "occlusion": ("jaxviz.jobs.occlusion", "occlusion: class-score heat maps as a patch slides"),
     "saliency": ("jaxviz.jobs.attribution", "vanilla gradient saliency maps (Simonyan 2014)"),

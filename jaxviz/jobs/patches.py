@@ -9,8 +9,8 @@ Writes into --out: grids/channel_NNNN.png (top patches, strongest first, activat
 overview.png (a row per channel), patches.json (every channel, rank, image id, y, x, value,
 box), top_values.npy / top_image.npy / top_y.npy / top_x.npy [C, k], top_boxes.npy [C, k, 4]
 (clipped, model-input pixels), patches.npy [C, k, s, s, 3] uint8, channels.npy, and the per
-channel statistics of the whole layer: channel_mean.npy, channel_std.npy, channel_max.npy,
-channel_frac_positive.npy.
+channel statistics of the whole layer as `jaxviz channels` writes them: channel_mean.npy,
+channel_std.npy, channel_max.npy, channel_frac_positive.npy.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 from jaxviz.data.decode import BadInput
 from jaxviz.data.sources import Source, open_source
 from jaxviz.errors import UsageError
+from jaxviz.jobs.channels import write_stats
 from jaxviz.jobs.common import (
     add_data_args,
     add_model_args,
@@ -240,8 +241,7 @@ def write_outputs(
     out.npy("top_boxes.npy", boxes)
     out.npy("patches.npy", patches)
     out.npy("channels.npy", chans.astype(np.int32))
-    for name in ("mean", "std", "max", "frac_positive"):
-        out.npy(f"channel_{name}.npy", st[name])
+    write_stats(out, st)
     ids = {int(i): source.info(int(i)).id for i in np.unique(top["image"][valid])}
     records = [
         {

@@ -41,6 +41,7 @@ SWEEP_JOBS = (
     "classify",
     "features",
     "patches",
+    "channels",
     "activations",
     "tsne",
     "neighbors",
