@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import jax.numpy as jnp
 
@@ -50,11 +53,32 @@ def add_out_arg(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--out", default=default, help=f"output folder (default: {default})")
 
 
+_SHARED_MODELS: ContextVar[dict | None] = ContextVar("jaxviz_shared_models", default=None)
+
+
+@contextmanager
+def shared_models() -> Iterator[None]:
+    """Inside this block, `model_from_args` loads each (model, random_init, seed, dtype) once
+    and hands the same model and params to every job that asks (the jobs of one shared pass;
+    params are immutable arrays, so sharing them is safe)."""
+    token = _SHARED_MODELS.set({})
+    try:
+        yield
+    finally:
+        _SHARED_MODELS.reset(token)
+
+
 def model_from_args(args: argparse.Namespace) -> tuple[Model, Params]:
     """The model and its params (cast to --dtype) named by the arguments."""
+    cache = _SHARED_MODELS.get()
+    key = (args.model, args.random_init, args.seed, args.dtype)
+    if cache is not None and key in cache:
+        return cache[key]
     model, params = load_model(args.model, random_init=args.random_init, seed=args.seed)
     if args.dtype != "float32":
         params = cast_params(params, DTYPES[args.dtype])
+    if cache is not None:
+        cache[key] = (model, params)
     return model, params
 
 

@@ -1,10 +1,10 @@
 """`jaxviz sweep [STUDY.toml]`: every job of a study as one batch job, resumable, with a report.
 
-Jobs that scan the dataset with the same model and batch settings (features, patches,
-activations) share ONE forward pass. A finished job is recorded in `--out/sweep.json`; rerunning
-the same command resumes with the jobs not yet done. A changed study with the same `--out` is
-refused unless `--restart`. Every start, end and failure goes to `--out/events.jsonl`; the report
-is `--out/index.html`.
+Jobs that scan the dataset with the same model and batch settings (evaluate, features,
+patches, channels, activations) share ONE forward pass and one model load. A finished job is
+recorded in `--out/sweep.json`; rerunning the same command resumes with the jobs not yet done.
+A changed study with the same `--out` is refused unless `--restart`. Every start, end and
+failure goes to `--out/events.jsonl`; the report is `--out/index.html`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import jax
 
 from jaxviz.cli import COMMANDS
 from jaxviz.errors import UsageError
+from jaxviz.jobs.common import shared_models
 from jaxviz.jobs.output import save_json
 from jaxviz.jobs.scan import run_scan_jobs
 from jaxviz.jobs.study import SWEEP_JOBS, Job, Study, default_study_text, load_study
@@ -147,8 +148,10 @@ def _run_unit(unit: list[Job], checkpoint_every: int) -> None:
         if rc:
             raise RuntimeError(f"job {unit[0].key} exited with {rc}")
         return
+    with shared_models():  # one model load for the whole shared pass
+        prepared = [_module(j).prepare(j.args) for j in unit]
     run_scan_jobs(
-        [_module(j).prepare(j.args) for j in unit],
+        prepared,
         desc=" + ".join(j.key for j in unit),
         checkpoint_every=checkpoint_every,
     )

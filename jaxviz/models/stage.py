@@ -8,6 +8,7 @@ are inside a stage and do not count). Parameters are a plain dict {stage_name: l
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -139,13 +140,22 @@ def cast_params(params: Params, dtype) -> Params:
     )
 
 
+_SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(h, w): shapes}
+
+
 def stage_shapes(model: Model, input_size: Pair | None = None) -> dict[str, tuple[int, ...]]:
-    """Output shape (without batch) of every stage for one input of `input_size`; no FLOPs run."""
+    """Output shape (without batch) of every stage for one input of `input_size`; no FLOPs run.
+
+    Traced once per model object and input size (~1 s for a ResNet), then remembered.
+    """
     h, w = input_size or model.input_size
-    params = jax.eval_shape(lambda: init_params(model, jax.random.key(0), (h, w)))
-    x = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
-    _, taps = jax.eval_shape(lambda p, v: forward(model, p, v), params, x)
-    return {k: tuple(v.shape[1:]) for k, v in taps.items()}
+    known = _SHAPES.setdefault(model, {})
+    if (h, w) not in known:
+        params = jax.eval_shape(lambda: init_params(model, jax.random.key(0), (h, w)))
+        x = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
+        _, taps = jax.eval_shape(lambda p, v: forward(model, p, v), params, x)
+        known[(h, w)] = {k: tuple(v.shape[1:]) for k, v in taps.items()}
+    return dict(known[(h, w)])
 
 
 def cumulative_geometry(model: Model) -> dict[str, Geometry | None]:
