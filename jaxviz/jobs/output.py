@@ -44,11 +44,12 @@ def save_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """[H, W, 3] or [H, W] uint8 -> PNG."""
+    """[H, W, 3] or [H, W] uint8 -> PNG, zlib level 1 (OpenCV's default): about half the
+    encoding time of PIL's default level 6 for ~40% larger files; a sweep writes thousands."""
     from PIL import Image
 
     img = Image.fromarray(np.asarray(image, dtype=np.uint8))
-    atomic_write(path, lambda f: img.save(f, format="PNG"))
+    atomic_write(path, lambda f: img.save(f, format="PNG", compress_level=1))
 
 
 def _json_default(o: Any) -> Any:

@@ -46,13 +46,25 @@ def patch_grid(
     return np.concatenate([_strip(title, grid.shape[1], 14), grid], axis=0)
 
 
-def overview(patches: np.ndarray, valid: np.ndarray, labels: list[str]) -> np.ndarray:
+def _thumbnails(patches: np.ndarray, size: int) -> np.ndarray:
+    """[k, s, s, 3] uint8 -> [k, size, size, 3] (box filter; unchanged when s <= size)."""
+    if patches.shape[1] <= size:
+        return patches
+    small = [Image.fromarray(p).resize((size, size), Image.BOX) for p in patches]
+    return np.stack([np.asarray(p) for p in small])
+
+
+def overview(
+    patches: np.ndarray, valid: np.ndarray, labels: list[str], tile: int = 64
+) -> np.ndarray:
     """A row per channel: its label, then its top patches left to right (strongest first).
 
-    patches: [C, k, s, s, 3] uint8; valid: [C, k] bool; labels: C strings. Returns uint8 RGB.
+    patches: [C, k, s, s, 3] uint8; valid: [C, k] bool; labels: C strings; tile: patches larger
+    than this are shown as tile x tile thumbnails (the per-channel grids keep full size), so a
+    layer of hundreds of channels stays a picture a browser shows. Returns uint8 RGB.
     """
     rows = []
     for p, ok, label in zip(patches, valid, labels, strict=True):
-        row = tile_grid(_fill_empty(p, ok), ncols=len(p))
+        row = tile_grid(_thumbnails(_fill_empty(p, ok), tile), ncols=len(p))
         rows.append(np.concatenate([_strip(label, 48, row.shape[0]), row], axis=1))
     return np.concatenate(rows, axis=0)
