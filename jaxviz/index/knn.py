@@ -140,11 +140,17 @@ class KnnIndex:
         if len(ids) != len(x):
             raise ValueError(f"{len(x)} vectors but {len(ids)} ids")
         if not self.index.is_trained:
-            self._pending.append(x)
-            self._pending_ids.append(ids)
-            if sum(len(a) for a in self._pending) >= self.train_size:
-                self.train()
-            return
+            # train on exactly the first train_size vectors, however they were batched, so
+            # the index depends on the sequence of vectors only (resume, multi-process merge)
+            room = self.train_size - sum(len(a) for a in self._pending)
+            self._pending.append(x[:room])
+            self._pending_ids.append(ids[:room])
+            if len(x) < room:
+                return
+            self.train()
+            x, ids = x[room:], ids[room:]
+            if len(x) == 0:
+                return
         self.index.add(x)
         self._ids.append(ids)
         self._ids_cat = None
