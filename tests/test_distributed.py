@@ -1,5 +1,6 @@
 """Results identical for 1 device, 4 devices and 2 processes x 2 devices (jax.distributed on
-127.0.0.1 with gloo CPU collectives): patch mining, channel statistics and activation files."""
+127.0.0.1 with gloo CPU collectives): patch mining, channel statistics, activation files, the
+feature store and its k-NN index."""
 
 import json
 import os
@@ -7,7 +8,10 @@ import socket
 import subprocess
 import sys
 
+import faiss
 import numpy as np
+
+from jaxviz.index.feature_store import FeatureStore
 
 STUDY = """
 [[part]]
@@ -22,6 +26,10 @@ layer = "conv2"
 channels = "0-7"
 top = 3
 [part.activations]
+layer = "conv3"
+[part.features]
+index = "Flat"
+[part.channels]
 layer = "conv3"
 """
 
@@ -110,3 +118,26 @@ def test_one_device_four_devices_and_two_processes_agree(tmp_path):
             )
         m = json.loads((other / "patches" / "manifest.json").read_text())
         assert m["counts"]["images"] == 30
+        _same_features(other / "features", ref / "features")
+        for name in ("channel_max.npy", *CLOSE):
+            np.testing.assert_allclose(
+                np.load(other / "channels" / name),
+                np.load(ref / "channels" / name),
+                rtol=1e-5,
+                atol=1e-6,
+            )
+    assert not (tmp_path / "p2" / "m" / "features" / ".parts").exists()
+
+
+def _same_features(got, ref):
+    """Same rows in source order (ids, labels, shard layout), same vectors; the index holds
+    exactly the store's rows under their source positions."""
+    a, b = FeatureStore(got), FeatureStore(ref)
+    assert a.meta["shards"] == b.meta["shards"] and a.meta["complete"]
+    np.testing.assert_array_equal(a.index(), np.arange(30))
+    np.testing.assert_array_equal(a.labels(), b.labels())
+    assert a.ids().tolist() == b.ids().tolist()
+    np.testing.assert_allclose(a.features(), b.features(), rtol=1e-5, atol=1e-6)
+    index = faiss.read_index(str(got / "index.faiss"))
+    np.testing.assert_array_equal(index.reconstruct_n(0, index.ntotal), a.features())
+    np.testing.assert_array_equal(np.load(got / "ids.npy"), np.arange(30))

@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 
 from jaxviz.cli import main
+from jaxviz.data.pipeline import stream
 from jaxviz.data.sources import open_source
 from jaxviz.index.feature_store import FeatureStore, FeatureWriter
 from jaxviz.index.knn import KnnIndex
-from jaxviz.jobs.features import FeatureConsumer
+from jaxviz.jobs.features import PARTS, FeatureConsumer, part_folder
 from jaxviz.jobs.output import JobOutput
 from jaxviz.jobs.scan import ScanCheckpoint, scan
 from jaxviz.models.stage import forward
+from jaxviz.models.zoo import entry
 
 SRC = "shapes:30:5"
 
@@ -100,6 +102,53 @@ def test_interrupted_features_resume_to_identical_store(demo_random, tmp_path):
     np.testing.assert_array_equal(store.features(), clean_store.features())
     q = clean_store.features()[::3]
     np.testing.assert_array_equal(KnnIndex.load(b).search(q, 4)[1], clean.index.search(q, 4)[1])
+
+
+def _feed(consumer, rows, batch_size, process_index=0, process_count=1):
+    """Stream SRC's share of a process into `consumer` with `rows` [30, D] as its features (the
+    forward pass is tested above; here only the bookkeeping counts)."""
+    model = entry("demo").build()
+    for batch in stream(open_source(SRC), model.preprocess, batch_size,
+                        process_index=process_index, process_count=process_count):  # fmt: skip
+        consumer.update(batch, rows[np.maximum(batch.index, 0)])
+
+
+@pytest.mark.parametrize(
+    "factory,dtype,shard_bytes",
+    [("Flat", "float32", 128 * 4 * 8), ("IVF4,Flat", "float16", 128 * 2 * 7)],
+)
+def test_merged_processes_equal_one_process_bitwise(direct, tmp_path, factory, dtype, shard_bytes):
+    """Three processes store their shares; process 0 merges them: every shard file, the index
+    and its ids are byte for byte those of one process (IVF trained on the same first rows)."""
+    rows = direct.astype(dtype)
+    src = open_source(SRC)
+
+    def consumer(folder, part_of=None):
+        out = JobOutput(folder, "features", {})
+        writer = FeatureWriter(out, 128, dtype, {"source": SRC}, shard_bytes=shard_bytes)
+        index = KnnIndex(128, "l2", factory, train_size=10)
+        part = None
+        if part_of is not None:
+            part = FeatureWriter(JobOutput(part_folder(out, part_of), "part", {}), 128, dtype,
+                                 shard_bytes=shard_bytes)  # fmt: skip
+        return FeatureConsumer("fc", src, writer, index, part=part, process_index=part_of or 0)
+
+    one = consumer(tmp_path / "one")
+    _feed(one, rows, 4)
+    one.finish()
+    procs = [consumer(tmp_path / "three", k) for k in range(3)]
+    for k, c in enumerate(procs):
+        _feed(c, rows, 3, k, 3)
+    for c in procs[1:]:
+        procs[0].merge(c.state())
+    procs[0].finish()
+    a, b = tmp_path / "one", tmp_path / "three"
+    assert not (b / PARTS).exists()
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert len([f for f in files if f.parts[0] == "shards"]) > 4
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
 
 
 def test_cli_features_then_neighbors(tmp_path, capsys):

@@ -162,6 +162,16 @@ class FeatureStore:
                 self._load("labels", k),
             )
 
+    def shard(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Shard k: (features [rows, D] memory-mapped, in the store's dtype; index [rows] int64;
+        labels [rows] int64; ids [rows] str)."""
+        return (
+            self._load("features", k, mmap=True),
+            self._load("index", k),
+            self._load("labels", k),
+            self._load("ids", k),
+        )
+
     def features(self, dtype: str = "float32") -> np.ndarray:
         """All features [N, D] in row order, as one in-memory array of `dtype`."""
         out = np.empty((len(self), self.dim), dtype)

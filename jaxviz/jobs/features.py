@@ -4,7 +4,8 @@ One streaming pass (jobs/scan.py; shareable with patches and activations in a sw
 model to `--layer` (default: the model's features stage, e.g. AlexNet fc7) and hands each batch's
 flattened features to `FeatureConsumer`, which appends the good rows to sharded .npy files
 (index/feature_store.py) and to a FAISS index (index/knn.py) as they come. Memory stays flat: one
-shard buffer, one batch, and the index itself.
+shard buffer, one batch, and the index itself. With several processes each stores its share under
+--out/.parts/pN and process 0 merges them in source order: the same store and index, bitwise.
 
 Writes into --out: features.json (data source spec, model spec, layer, dim, dtype, shards),
 shards/{features,index,labels,ids}-NNNNN.npy, index.faiss + ids.npy + knn.json (the index, its
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +43,8 @@ from jaxviz.jobs.scan import ScanJob
 from jaxviz.methods.retrieval import drop_self, precision_at_k
 from jaxviz.models.stage import stage_shapes
 
+PARTS = ".parts"  # under --out: each process's own store in a multi-process run (then merged)
+
 
 class FeatureConsumer:
     """Scan consumer: `layer`'s output flattened to [B, D] on device, cast to the store's dtype;
@@ -47,6 +52,12 @@ class FeatureConsumer:
 
     Rows arrive in increasing source order; a row at or before the last one written is ignored,
     so a batch replayed after an interrupted checkpoint is never stored twice.
+
+    Several processes: give each a `part` writer (its own folder, `part_folder`) and its
+    `process_index`. Each process then stores its share of the rows there and fills no index;
+    process 0 `merge`s the others' states and, in `finish`, interleaves every part in source
+    order into `writer` and `index`: the same rows, shards and index, bitwise, as one process
+    would write (the parts are read back shard by shard, so memory stays flat).
     """
 
     def __init__(
@@ -56,10 +67,19 @@ class FeatureConsumer:
         writer: FeatureWriter,
         index: KnnIndex | None,
         name: str = "features",
+        part: FeatureWriter | None = None,
+        process_index: int = 0,
     ):
         self.name, self.taps = name, (layer,)
         self.layer, self.source, self.writer, self.index = layer, source, writer, index
+        self.part, self.process_index = part, process_index
+        self._others: list[int] = []  # processes whose parts this one merges (process 0)
         self._last = -1  # last source index written
+
+    @property
+    def _store(self) -> FeatureWriter:
+        """Where this process's rows go during the scan."""
+        return self.writer if self.part is None else self.part
 
     def reduce(self, taps: dict[str, jax.Array], mask: jax.Array) -> jax.Array:
         f = taps[self.layer]
@@ -71,33 +91,102 @@ class FeatureConsumer:
             return
         rows, index = result[keep], batch.index[keep]
         ids = [self.source.info(int(i)).id for i in index]
-        self.writer.add(rows, index, batch.labels[keep], ids)
-        if self.index is not None:
-            self.index.add(rows, index)
+        if self.part is None:
+            self._add(rows, index, batch.labels[keep], ids)
+        else:
+            self.part.add(rows, index, batch.labels[keep], ids)
         self._last = int(index[-1])
 
+    def _add(self, rows: np.ndarray, index: np.ndarray, labels: np.ndarray, ids: list[str]):
+        self.writer.add(rows, index, labels, ids)
+        if self.index is not None:
+            self.index.add(rows, index)
+
     def state(self) -> np.ndarray:
-        """[2] int64 (shards on disk, rows): everything so far is flushed to disk first."""
-        self.writer.flush()
-        return np.asarray([len(self.writer.shards), self.writer.count], np.int64)
+        """[3] int64 (shards on disk, rows, process index): everything so far is flushed to
+        disk first."""
+        w = self._store
+        w.flush()
+        return np.asarray([len(w.shards), w.count, self.process_index], np.int64)
 
     def load_state(self, state: np.ndarray | None) -> None:
         """Continue after `state`: keep its shards and re-add their rows to the index."""
         if state is None:
             return
-        self.writer.restore(int(state[0]))
-        store = FeatureStore(self.writer.out.path(""))
-        for f, index, _ in store.shards(len(self.writer.shards)):
-            if self.index is not None:
+        w = self._store
+        w.restore(int(state[0]))
+        store = FeatureStore(w.out.path(""))
+        for f, index, _ in store.shards(len(w.shards)):
+            if self.index is not None and self.part is None:
                 self.index.add(f, index)
             self._last = int(index[-1])
 
+    def merge(self, state: np.ndarray | None) -> None:
+        """Take in another process's part (merged into the store and index by `finish`)."""
+        if self.part is None:
+            raise ValueError("merge needs a part writer (FeatureConsumer(part=...))")
+        if state is not None and int(state[1]) > 0:
+            self._others.append(int(state[2]))
+
+    def _merge_parts(self) -> None:
+        """Every process's part, interleaved in source order, into the store and the index."""
+        self.part.close()
+        root = self.writer.out
+        stores = [
+            FeatureStore(part_folder(root, k)) for k in sorted({self.process_index, *self._others})
+        ]
+        stores = [s for s in stores if len(s)]
+        which = np.concatenate([np.full(len(s), j, np.int32) for j, s in enumerate(stores)])
+        src = np.concatenate([s.index() for s in stores]) if stores else np.zeros(0, np.int64)
+        order = np.argsort(src, kind="stable")  # each part is already in source order
+        readers = [_ShardReader(s) for s in stores]
+        step = self.writer.rows
+        for a in range(0, len(order), step):
+            w = which[order[a : a + step]]
+            rows = np.empty((len(w), self.writer.dim), self.writer.dtype)
+            index, labels = np.empty(len(w), np.int64), np.empty(len(w), np.int64)
+            ids = np.empty(len(w), object)
+            for j, r in enumerate(readers):
+                sel = w == j
+                rows[sel], index[sel], labels[sel], ids[sel] = r.take(int(sel.sum()))
+            self._add(rows, index, labels, ids.tolist())
+        shutil.rmtree(root.path(PARTS), ignore_errors=True)
+
     def finish(self) -> dict:
+        if self.part is not None:
+            self._merge_parts()
         meta = self.writer.close()
         if self.index is not None and self.index.ntotal:
             self.index.train()  # fewer vectors than the training sample: train on those
             self.index.save(self.writer.out)
         return {"count": meta["count"], "dim": meta["dim"], "dtype": meta["dtype"]}
+
+
+def part_folder(out: JobOutput, process: int) -> Path:
+    """The folder of process `process`'s part of a multi-process features job."""
+    return out.path(f"{PARTS}/p{process}")
+
+
+class _ShardReader:
+    """A store's rows in order, read shard by shard: `take(n)` -> the next n rows."""
+
+    def __init__(self, store: FeatureStore):
+        self.store, self.k, self.pos = store, 0, 0
+        self.buf = store.shard(0)
+
+    def take(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(features, index, labels, ids) of the next n rows."""
+        out = [tuple(a[:0] for a in self.buf)]
+        while n > 0:
+            left = len(self.buf[1]) - self.pos
+            if left == 0:
+                self.k, self.pos = self.k + 1, 0
+                self.buf = self.store.shard(self.k)
+                continue
+            t = min(n, left)
+            out.append(tuple(a[self.pos : self.pos + t] for a in self.buf))
+            self.pos, n = self.pos + t, n - t
+        return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))
 
 
 def self_precision(
@@ -196,7 +285,11 @@ def prepare(args: argparse.Namespace) -> ScanJob:
     }
     writer = FeatureWriter(out, dim, args.dtype_out, meta, shard_bytes=args.shard_mb << 20)
     index = None if factory is None else KnnIndex(dim, args.metric, factory, args.nprobe)
-    consumer = FeatureConsumer(layer, source, writer, index)
+    part, me = None, jax.process_index()
+    if jax.process_count() > 1:  # each process stores its share; process 0 merges them
+        part_out = JobOutput(part_folder(out, me), "features-part", config)
+        part = FeatureWriter(part_out, dim, args.dtype_out, shard_bytes=args.shard_mb << 20)
+    consumer = FeatureConsumer(layer, source, writer, index, part=part, process_index=me)
 
     def complete(results: dict) -> None:
         res = results[consumer.name]
