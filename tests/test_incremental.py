@@ -1,5 +1,6 @@
 """Exact incremental occlusion equals brute force: demo (every position) and every zoo model."""
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +9,8 @@ from jax.sharding import Mesh
 
 from jaxviz.methods.incremental import IncrementalForward, choose, make_plan, plan_axis
 from jaxviz.methods.occlusion import FullForward, grid_size, occlusion, positions
-from jaxviz.models.stage import forward_fn, init_params
+from jaxviz.models import ops
+from jaxviz.models.stage import forward, forward_fn, init_params
 from jaxviz.models.zoo import entry, names
 
 
@@ -64,9 +66,9 @@ def test_zoo_models_match_brute_force(name):
         assert plan.switch > 0, f"{name}: no stage runs incrementally for window {window}"
         ev = IncrementalForward(model, hw, (window, window), (stride, stride), plan)
         xs = jnp.asarray(x[None])
-        got = jax.jit(lambda p, v, c, ev=ev: ev.logits(p, ev.prepare(p, v, v * 0 + 0.5), c))(
-            params, xs, jnp.asarray(corners)
-        )[0]
+        got = jax.jit(
+            lambda p, v, ev=ev, c=corners: ev.logits(p, ev.prepare(p, v, v * 0 + 0.5), c)
+        )(params, xs)[0]
         scale = np.abs(want).max()
         np.testing.assert_allclose(got, want, atol=1e-5 * max(1.0, scale), rtol=0)
         np.testing.assert_allclose(jax.nn.softmax(got), jax.nn.softmax(want), atol=1e-5, rtol=0)
@@ -86,3 +88,40 @@ def test_auto_prefers_full_when_nothing_is_saved(demo_random):
     assert not choose(model, (64, 64), (64, 64), (1, 1), "auto").incremental
     assert choose(model, (64, 64), (8, 8), (4, 4), "auto").incremental
     assert isinstance(choose(model, (64, 64), (8, 8), (4, 4), "full").evaluator, FullForward)
+
+
+@pytest.mark.parametrize("window,stride", [(8, 4), (16, 5)])
+def test_changed_windows_are_tight(demo_random, window, stride):
+    """Brute force "which outputs changed": a NaN patch marks exactly the units that depend on it
+    (max-pool replaced by sum-pool, which propagates NaN); their bounding box at every incremental
+    stage is the plan's [c0, c1), and with every alignment class kept a stride-1 conv's slice
+    gives exactly the changed units (no slack)."""
+    model, params = demo_random
+    hw = (64, 64)
+    plan = make_plan(model, hw, (window, window), (stride, stride), max_classes=None)
+    grid = positions(hw, (window, window), (stride, stride))
+    x = np.asarray(jax.random.normal(jax.random.key(4), (*hw, 3)))
+
+    def sum_pool(v, window, strides, padding):  # max-pool's dependencies; NaN propagates
+        return flax.linen.pool(v, 0.0, jax.lax.add, window, strides, padding)
+
+    with ops.activation_override(max_pool=sum_pool):
+        _, taps = forward(
+            model,
+            params,
+            jnp.asarray(_occluded(x, grid * stride, window, np.nan)),
+            stop=model.stages[plan.switch - 1].name,
+        )
+    for gid, group in enumerate(plan.groups):
+        assert group.switch > 0
+        for pos in np.flatnonzero(plan.group_ids(grid) == gid):
+            gy, gx = grid[pos]
+            for p in group.stages:
+                nan = np.isnan(np.asarray(taps[model.stages[p.index].name][pos])).any(-1)
+                for ax, g in enumerate((gy, gx)):
+                    hit = np.flatnonzero(nan.any(axis=1 - ax))
+                    a = p.axes[ax]
+                    assert (hit[0], hit[-1] + 1) == (a.c0[g], a.c1[g]), (p.index, ax, g)
+                    geo = model.stages[p.index].geometry
+                    if geo.stride[ax] == 1 and p.unpadded:
+                        assert a.c1[g] - a.c0[g] == a.M, (p.index, ax, g)

@@ -15,9 +15,7 @@ import time
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
-from jaxviz.data.pipeline import stream
 from jaxviz.data.sources import Source, open_source
 from jaxviz.errors import UsageError
 from jaxviz.jobs.common import (
@@ -28,17 +26,20 @@ from jaxviz.jobs.common import (
     model_from_args,
 )
 from jaxviz.jobs.output import JobOutput
+from jaxviz.jobs.resume import ItemCheckpoint, add_checkpoint_arg
 from jaxviz.methods import incremental
 from jaxviz.methods.occlusion import OUTPUTS, grid_size, occlusion, positions, window_centre
 from jaxviz.methods.pointing import argmax_2d, point_in_box, pointing_hit, scale_box
 from jaxviz.models.stage import Model
 from jaxviz.render.heatmap import overlay
+from jaxviz.runtime.progress import Progress
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     add_data_args(p)
     add_out_arg(p, "out/occlusion")
+    add_checkpoint_arg(p)
     p.add_argument("--window", type=int, default=16, help="patch size in pixels (default: 16)")
     p.add_argument("--stride", type=int, default=4, help="step between patches (default: 4)")
     p.add_argument(
@@ -148,18 +149,12 @@ def run(args: argparse.Namespace) -> int:
     out = JobOutput(args.out, "occlusion", config)
     out.results["method"] = plan.summary()
     evaluator = plan.evaluator
-    items, hits, pixel_hits = [], [], []
     n = len(source) if args.limit is None else min(args.limit, len(source))
-    batches = stream(
-        source,
-        model.preprocess,
-        args.batch_size,
-        stop=n,
-        on_skip=lambda i, item, reason: out.skip(item, reason),
-    )
-    used_chunk = None
-    with tqdm(total=n, desc="occlusion", unit="img", file=None) as bar:
-        for batch in batches:
+    ck = ItemCheckpoint(out, args.checkpoint_every)
+    state = ck.state or {"items": [], "hits": [], "pixel_hits": [], "chunk": None}
+    with ck, Progress(n, "occlusion") as bar:
+        bar.update(ck.images_done)
+        for batch in ck.stream(source, model.preprocess, args.batch_size, stop=n):
             t0 = time.perf_counter()
             x = model.preprocess.normalize(batch.images)
             t = None if targets is None else np.tile(np.asarray(targets), (len(batch.mask), 1))
@@ -177,12 +172,17 @@ def run(args: argparse.Namespace) -> int:
             )
             grid, pixels = np.asarray(res.grid), np.asarray(res.pixels)
             tgt, base = np.asarray(res.targets), np.asarray(res.base)
-            out.timing("occlusion_s", time.perf_counter() - t0)
-            used_chunk = res.chunk
-            for row in np.flatnonzero(batch.mask):
-                i = int(batch.index[row])
-                items.append(
-                    write_item(
+            speedup = None
+            if plan.incremental and "measured_speedup" not in state:
+                speedup = measure_speedup(model, params, x[:1], window, stride, evaluator)
+            with ck.commit(batch, state):
+                out.timing("occlusion_s", time.perf_counter() - t0)
+                state["chunk"] = res.chunk
+                if speedup is not None:
+                    state["measured_speedup"] = speedup
+                for row in np.flatnonzero(batch.mask):
+                    i = int(batch.index[row])
+                    item = write_item(
                         out,
                         source,
                         model,
@@ -194,26 +194,31 @@ def run(args: argparse.Namespace) -> int:
                         base[row],
                         args.output,
                     )
-                )
-                box = item_box(source, i, model)
-                if box is not None:
-                    sign = 1 if args.output == "drop" else -1
-                    top = window_centre(argmax_2d(sign * grid[row, :, :, 0]), hw, window, stride)
-                    hits.append(point_in_box(top, box, args.pointing_tolerance))
-                    heat = sign * pixels[row, :, :, 0]
-                    pixel_hits.append(pointing_hit(heat, box, args.pointing_tolerance))
-                    items[-1]["pointing_hit"] = hits[-1]
-            out.count("images", int(batch.mask.sum()))
-            bar.update(int(batch.mask.sum()))
+                    box = item_box(source, i, model)
+                    if box is not None:
+                        sign = 1 if args.output == "drop" else -1
+                        top = argmax_2d(sign * grid[row, :, :, 0])
+                        hit = point_in_box(
+                            window_centre(top, hw, window, stride), box, args.pointing_tolerance
+                        )
+                        heat = sign * pixels[row, :, :, 0]
+                        state["hits"].append(hit)
+                        state["pixel_hits"].append(pointing_hit(heat, box, args.pointing_tolerance))
+                        item["pointing_hit"] = hit
+                    state["items"].append(item)
+                out.count("images", batch.count)
+            bar.update(batch.count)
+    ck.finish()
+    hits, pixel_hits = state["hits"], state["pixel_hits"]
     n_img = out.counts.get("images", 0)
     out.count("positions", n_img * hp * wp)
-    out.json("items.json", items)
+    out.json("items.json", state["items"])
     out.results.update(
         {
             "images": n_img,
             "grid": [hp, wp],
             "positions_per_image": hp * wp,
-            "chunk": used_chunk,
+            "chunk": state["chunk"],
             "positions_per_s": out.counts.get("positions", 0)
             / max(out.timings.get("occlusion_s", 0), 1e-9),
             "pointing_game": {
@@ -225,10 +230,8 @@ def run(args: argparse.Namespace) -> int:
             },
         }
     )
-    if plan.incremental and n_img:
-        out.results["method"]["measured_speedup"] = measure_speedup(
-            model, params, x[:1], window, stride, evaluator
-        )
+    if "measured_speedup" in state:
+        out.results["method"]["measured_speedup"] = state["measured_speedup"]
     out.finish()
     score = out.results["pointing_game"]["score"]
     print(
@@ -280,15 +283,17 @@ def measure_speedup(
     model: Model, params, x: jax.Array, window, stride, evaluator, sample: int = 64
 ) -> float:
     """Wall-clock ratio full / incremental on `sample` positions of one image (after compiles)."""
-    from jaxviz.methods.occlusion import FullForward
+    from jaxviz.methods.occlusion import FullForward, evaluate
 
     corners = positions(model.input_size, window, stride) * np.asarray(stride, np.int32)
     pick = corners[np.linspace(0, len(corners) - 1, min(sample, len(corners))).astype(int)]
     times = []
     for ev in (FullForward(model, model.input_size, window), evaluator):
-        fn = jax.jit(lambda p, xx, c, ev=ev: ev.logits(p, ev.prepare(p, xx, xx * 0), c))
-        jax.block_until_ready(fn(params, x, pick))
+        fn = jax.jit(
+            lambda p, xx, ev=ev: evaluate(ev, p, ev.prepare(p, xx, xx * 0), pick, len(pick))
+        )
+        jax.block_until_ready(fn(params, x))
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(params, x, pick))
+        jax.block_until_ready(fn(params, x))
         times.append(time.perf_counter() - t0)
     return times[0] / times[1]
