@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.data.pipeline import stream
 from jaxviz.data.sources import open_source
 from jaxviz.errors import UsageError
 from jaxviz.jobs.common import (
@@ -31,6 +30,7 @@ from jaxviz.jobs.common import (
 )
 from jaxviz.jobs.occlusion import item_box
 from jaxviz.jobs.output import JobOutput
+from jaxviz.jobs.resume import ItemCheckpoint, add_checkpoint_arg
 from jaxviz.methods import faithfulness as faith
 from jaxviz.methods.gradcam import check_layer, default_layer, gradcam, guided_gradcam, upsample
 from jaxviz.methods.guided_backprop import guided_gradients
@@ -59,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     add_data_args(p)
     add_out_arg(p, f"out/{command}")
+    add_checkpoint_arg(p)
     p.add_argument(
         "--target",
         default="pred",
@@ -213,16 +214,15 @@ def run(args: argparse.Namespace) -> int:
     params = jax.device_put(params, replicated(mesh))
     sharding = batch_sharding(mesh)
     n = len(source) if args.limit is None else min(args.limit, len(source))
-    items, hits, stats = [], [], {"completeness_error": [], "deletion": [], "insertion": []}
-    batches = stream(
-        source,
-        model.preprocess,
-        batch_size,
-        stop=n,
-        on_skip=lambda i, item, reason: out.skip(item, reason),
-    )
-    with Progress(n, cmd) as bar:
-        for batch in batches:
+    ck = ItemCheckpoint(out, args.checkpoint_every)
+    state = ck.state or {
+        "items": [],
+        "hits": [],
+        "stats": {"completeness_error": [], "deletion": [], "insertion": []},
+    }
+    with ck, Progress(n, cmd) as bar:
+        bar.update(ck.images_done)
+        for batch in ck.stream(source, model.preprocess, batch_size, stop=n):
             t0 = time.perf_counter()
             put = functools.partial(jax.device_put, device=sharding)
             res = step(
@@ -232,21 +232,26 @@ def run(args: argparse.Namespace) -> int:
                 put(batch.index.astype(np.int32)),
             )
             res = jax.tree.map(np.asarray, res)
-            out.timing("attribution_s", time.perf_counter() - t0)
-            for row in np.flatnonzero(batch.mask):
-                i = int(batch.index[row])
-                item = write_item(out, args, model, batch.images[row], i, res, row)
-                item["id"] = source.info(i).id
-                box = item_box(source, i, model)
-                if box is not None:
-                    hits.append(pointing_hit(res["heat"][row], box, args.pointing_tolerance))
-                    item["pointing_hit"] = hits[-1]
-                for k, v in stats.items():
-                    if k in res:
-                        v.append(float(res[k][row]))
-                items.append(item)
-            out.count("images", batch.count)
+            with ck.commit(batch, state):
+                out.timing("attribution_s", time.perf_counter() - t0)
+                for row in np.flatnonzero(batch.mask):
+                    i = int(batch.index[row])
+                    item = write_item(out, args, model, batch.images[row], i, res, row)
+                    item["id"] = source.info(i).id
+                    box = item_box(source, i, model)
+                    if box is not None:
+                        item["pointing_hit"] = pointing_hit(
+                            res["heat"][row], box, args.pointing_tolerance
+                        )
+                        state["hits"].append(item["pointing_hit"])
+                    for k, v in state["stats"].items():
+                        if k in res:
+                            v.append(float(res[k][row]))
+                    state["items"].append(item)
+                out.count("images", batch.count)
             bar.update(batch.count)
+    ck.finish()
+    items, hits, stats = state["items"], state["hits"], state["stats"]
     out.json("items.json", items)
     out.results.update(summary(out, hits, stats, args))
     out.finish()
