@@ -143,6 +143,9 @@ def test_merged_processes_equal_one_process_bitwise(direct, tmp_path, factory, d
         procs[0].merge(c.state())
     procs[0].finish()
     a, b = tmp_path / "one", tmp_path / "three"
+    assert (b / PARTS).exists()  # kept until the scan's checkpoint is gone
+    for c in procs:
+        c.cleanup()
     assert not (b / PARTS).exists()
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert len([f for f in files if f.parts[0] == "shards"]) > 4

@@ -57,7 +57,8 @@ class FeatureConsumer:
     `process_index`. Each process then stores its share of the rows there and fills no index;
     process 0 `merge`s the others' states and, in `finish`, interleaves every part in source
     order into `writer` and `index`: the same rows, shards and index, bitwise, as one process
-    would write (the parts are read back shard by shard, so memory stays flat).
+    would write (the parts are read back shard by shard; only their [N] int64 source positions
+    are held at once). `cleanup` removes the parts once the scan's checkpoint is gone.
     """
 
     def __init__(
@@ -136,8 +137,10 @@ class FeatureConsumer:
             FeatureStore(part_folder(root, k)) for k in sorted({self.process_index, *self._others})
         ]
         stores = [s for s in stores if len(s)]
+        if not stores:
+            return
         which = np.concatenate([np.full(len(s), j, np.int32) for j, s in enumerate(stores)])
-        src = np.concatenate([s.index() for s in stores]) if stores else np.zeros(0, np.int64)
+        src = np.concatenate([s.index() for s in stores])
         order = np.argsort(src, kind="stable")  # each part is already in source order
         readers = [_ShardReader(s) for s in stores]
         step = self.writer.rows
@@ -150,7 +153,12 @@ class FeatureConsumer:
                 sel = w == j
                 rows[sel], index[sel], labels[sel], ids[sel] = r.take(int(sel.sum()))
             self._add(rows, index, labels, ids.tolist())
-        shutil.rmtree(root.path(PARTS), ignore_errors=True)
+
+    def cleanup(self) -> None:
+        """Remove the parts (after the scan's checkpoint, which refers to them, is gone)."""
+        if self.part is not None:
+            mine = part_folder(self.writer.out, self.process_index)
+            shutil.rmtree(self.writer.out.path(PARTS) if self.process_index == 0 else mine, True)
 
     def finish(self) -> dict:
         if self.part is not None:

@@ -47,6 +47,8 @@ class Consumer(Protocol):
 
     # optional, for checkpoints: state() -> pytree of numpy arrays (or None); load_state(state)
     # optional, for several processes: merge(state) adds another process's state to this one
+    # optional: cleanup() removes scratch files once the results are written and the checkpoint
+    #   that might still need them is gone (run_scan_jobs calls it on every process)
 
     def reduce(self, taps: dict[str, jax.Array], mask: jax.Array) -> Any: ...
 
@@ -315,15 +317,14 @@ def run_scan_jobs(jobs: Sequence[ScanJob], desc: str = "scan", checkpoint_every:
         checkpoint=checkpoint,
         desc=desc,
     )
-    if results is None:  # another process writes the outputs
-        barrier("scan-complete")
-        if checkpoint:
-            checkpoint.remove()
-        return
-    for j in jobs:
-        if j is not first:
-            j.out.skipped, j.out.counts = list(first.out.skipped), dict(first.out.counts)
-        j.complete({c.name: results[c.name] for c in j.consumers})
+    if results is not None:  # else another process writes the outputs
+        for j in jobs:
+            if j is not first:
+                j.out.skipped, j.out.counts = list(first.out.skipped), dict(first.out.counts)
+            j.complete({c.name: results[c.name] for c in j.consumers})
     barrier("scan-complete")
     if checkpoint:
         checkpoint.remove()
+    for c in consumers:
+        if hasattr(c, "cleanup"):
+            c.cleanup()
