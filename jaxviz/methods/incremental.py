@@ -32,9 +32,9 @@ changed unit's whole receptive field lies in the slice or beyond a true border).
 From the first global stage on (pooling, fully connected) everything is recomputed; so is every
 stage from the group's "switch" stage on, chosen to minimize the estimated FLOPs (per-stage
 counts from XLA's cost analysis, scaled by the slice's share of the output map). A 3x3 (or
-larger) conv on a slice with many input channels runs as a sum of shifted matrix products
-(XLA:CPU's convolution is 2-3x below its matmul speed there). Deviation from Krypton: no
-approximate modes; recomputed regions are rectangles per stage (Krypton's too).
+larger) conv on a slice with many input channels runs as one matrix product of its patches
+(XLA:CPU's convolution runs 2-3x below its matmul speed on such small, wide maps). Deviation
+from Krypton: no approximate modes; recomputed regions are rectangles per stage (Krypton's too).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from jaxviz.models.stage import Model, Params, forward, init_params
 
 METHODS = ("auto", "full", "incremental")
 AUTO_MIN_SAVING = 1.1  # `auto` goes incremental when it saves at least this factor of FLOPs
-MAX_CLASSES = 4  # alignment classes per axis; groups (compiled paths) = their product
+MAX_CLASSES = 3  # alignment classes per axis; groups (compiled paths) = their product
 MATMUL_CONV_MIN_CHANNELS = 128  # slice convs with at least this many inputs run as matmuls
 
 
@@ -477,18 +477,20 @@ def _paste(out: jax.Array, u0: tuple, c: tuple, target: jax.Array, t0: tuple) ->
 
 
 def _conv_as_matmuls(module: ConvAct, variables: dict, x: jax.Array) -> jax.Array:
-    """An unpadded ConvAct on x [B, L, L', C] as a sum of kernel-tap matrix products."""
+    """An unpadded ConvAct on x [B, L, L', C] as one matrix product of its patches (im2col)."""
     kernel = variables["params"]["conv"]["kernel"]  # [kh, kw, C, D]
     kh, kw = kernel.shape[:2]
     s = module.stride
     my = (x.shape[1] - kh) // s + 1
     mx = (x.shape[2] - kw) // s + 1
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            tap = x[:, i : i + s * (my - 1) + 1 : s, j : j + s * (mx - 1) + 1 : s]
-            y = jnp.einsum("bhwc,cd->bhwd", tap, kernel[i, j])
-            out = y if out is None else out + y
+    taps = [
+        x[:, i : i + s * (my - 1) + 1 : s, j : j + s * (mx - 1) + 1 : s]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    out = jnp.einsum(
+        "bhwc,cd->bhwd", jnp.concatenate(taps, axis=-1), kernel.reshape(-1, kernel.shape[-1])
+    )
     out = out + variables["params"]["conv"]["bias"][None, None, None, :]
     return out if module.act is None else module.act(out)
 
