@@ -173,7 +173,7 @@ def test_conversion_refuses_mismatched_state_dicts():
         state["_blocks.3._depthwise_conv.weight"].transpose(2, 3, 1, 0),
     )
     np.testing.assert_array_equal(
-        params["logits"]["params"]["dense"]["kernel"], state["_fc.weight"].T
+        params["logits"]["params"]["dense"]["kernel"], state["_fc.weight"]
     )
     used = {k for k in state if not k.endswith("num_batches_tracked")}
     assert used == set(table)

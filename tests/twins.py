@@ -28,7 +28,7 @@ def _conv(layer: nn.Conv2d, p: dict) -> None:
 
 
 def _dense(layer: nn.Linear, p: dict) -> None:
-    layer.weight.data = torch.from_numpy(np.asarray(p["kernel"]).T.copy())
+    layer.weight.data = torch.from_numpy(np.asarray(p["kernel"]).copy())
     layer.bias.data = torch.from_numpy(np.asarray(p["bias"]).copy())
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxviz.models import ops
 from jaxviz.models.convert import NameTable, conv_rules, linear_rules, load_converted
-from jaxviz.models.layers import ConvAct, Dense, MaxPool
+from jaxviz.models.layers import ConvAct, Dense, Linear, MaxPool
 from jaxviz.models.preprocess import Preprocess
 from jaxviz.models.stage import Model, Params, Stage
 from jaxviz.models.zoo import ZooEntry
@@ -74,7 +74,7 @@ class PooledDense(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = adaptive_avg_pool(x, self.pool)
-        x = nn.Dense(self.features, name="dense")(jnp.reshape(x, (x.shape[0], -1)))
+        x = Linear(self.features, name="dense")(jnp.reshape(x, (x.shape[0], -1)))
         return ops.relu(x)
 
 

@@ -63,6 +63,28 @@ class GlobalAvgPool(nn.Module):
         return ops.global_avg_pool(x)
 
 
+class Linear(nn.Module):
+    """y = x W^T + b on [..., D] -> [..., features], the kernel W stored [features, D] as in
+    PyTorch's nn.Linear (param names `kernel`, `bias`, as linen's nn.Dense).
+
+    Why not nn.Dense's [D, features]: at small batch a fully connected layer is bound by reading
+    its weights, and XLA:CPU contracts two operands on their last (contiguous) axes about 1.8x
+    faster than x @ W[D, features] (measured on AlexNet's fc6, 32 x 9216 @ 9216 x 4096, vs
+    PyTorch: 0.83x against 0.47x). cuBLAS takes either layout at the same speed.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.lecun_normal(in_axis=1, out_axis=0)
+        w = self.param("kernel", init, (self.features, x.shape[-1]), jnp.float32)
+        b = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        w, b = w.astype(x.dtype), b.astype(x.dtype)
+        y = jax.lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())))
+        return y + jnp.reshape(b, (1,) * (y.ndim - 1) + (self.features,))
+
+
 class Dense(nn.Module):
     """Fully connected layer on [B, D] (flattening NHWC input first), optional activation."""
 
@@ -71,5 +93,5 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.Dense(self.features, name="dense")(jnp.reshape(x, (x.shape[0], -1)))
+        x = Linear(self.features, name="dense")(jnp.reshape(x, (x.shape[0], -1)))
         return x if self.act is None else self.act(x)
