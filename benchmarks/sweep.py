@@ -106,6 +106,10 @@ def main() -> None:
                 "shared_images_per_s": n / t_shared,
                 "separate_images_per_s": n / t_separate,
                 "ratio": t_separate / t_shared,
+                # each repetition's separate / shared (adjacent in time: less load drift)
+                "paired_ratios": [
+                    round(b / a, 3) for a, b in zip(times["shared"], times["separate"], strict=True)
+                ],
                 "target": 1.8,
                 "seconds": times,
                 "loadavg_1_5_15_before": [round(v, 2) for v in load_before],
