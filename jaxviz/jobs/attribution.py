@@ -34,7 +34,7 @@ from jaxviz.jobs.resume import ItemCheckpoint, add_checkpoint_arg
 from jaxviz.methods import faithfulness as faith
 from jaxviz.methods.gradcam import check_layer, default_layer, gradcam, guided_gradcam, upsample
 from jaxviz.methods.guided_backprop import guided_gradients
-from jaxviz.methods.integrated_gradients import METHODS, integrated_gradients
+from jaxviz.methods.integrated_gradients import DEFAULT_METHOD, METHODS, integrated_gradients
 from jaxviz.methods.pointing import pointing_hit
 from jaxviz.methods.saliency import channel_max, saliency
 from jaxviz.methods.smoothgrad import smoothgrad
@@ -93,8 +93,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--method",
             choices=METHODS,
-            default="gausslegendre",
-            help="quadrature rule, as Captum's (default: gausslegendre)",
+            default=DEFAULT_METHOD,
+            help="quadrature rule, as Captum's; the midpoint rule suits ReLU networks' piecewise "
+            f"constant integrand better than Gauss-Legendre (default: {DEFAULT_METHOD})",
         )
         p.add_argument(
             "--baseline",

@@ -6,6 +6,21 @@ The integral uses Captum's quadrature rules (`riemann_left|right|middle|trapezoi
 `IntegratedGradients(method=..., n_steps=...)`. Steps are vmapped and run in chunks
 (`targets.gradient_sum`). Completeness (the attributions sum to f(x) - f(x')) is reported per image
 as `delta`, Captum's convergence delta.
+
+Deviation: the default rule is `riemann_middle`, not Captum's `gausslegendre`. A network of ReLUs,
+max-pools and affine maps is piecewise linear, so along the straight path the logit is piecewise
+linear and the integrand d f / d alpha is piecewise constant with thousands of jumps (the trained
+demo model: ~3,500 distinct pieces in 4,096 samples of [0, 1]). Gauss-Legendre's exactness for
+polynomials buys nothing on such a function, and its nodes are pi/2 times sparser than uniform in
+the middle of the path. The midpoint rule has the smallest discrepancy of any n-point equal-weight
+rule, so the best worst-case bound (Koksma-Hlawka: error <= variation / (2n)). Demo model, 64
+steps, relative error |delta| / |f(x) - f(x')| (seed-0 shapes, 256 images): midpoint mean 0.16%,
+p99 1.1%, max 2.7%; Gauss-Legendre mean 0.20%, p99 1.4%, max 2.4%; seed 1 (128 images): midpoint
+max 1.4%, Gauss-Legendre max 8.8%. The error is
+relative to f(x) - f(x'), so it is largest where the image's target logit is close to the
+baseline's (demo: crescents, the class the mean-colour baseline scores highest). Captum's
+`riemann_trapezoid` weights sum to 1 - 1/n (its end weights are halved without a compensating
+step), so that rule under-counts every integral by 1/n; it is kept for parity.
 """
 
 from __future__ import annotations
@@ -22,6 +37,7 @@ from jaxviz.methods.targets import gradient_sum, resolve, selected
 from jaxviz.models.stage import Model, Params, forward_fn
 
 METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
+DEFAULT_METHOD = "riemann_middle"  # see the module docstring
 
 
 def quadrature(method: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,14 +88,15 @@ def integrated_gradients(
     target: jax.Array,
     baseline: jax.Array | float = 0.0,
     steps: int = 50,
-    method: str = "gausslegendre",
+    method: str = DEFAULT_METHOD,
     chunk: int = 16,
 ) -> IGResult:
     """Integrated gradients of the target logit.
 
     x: [B, H, W, C] float32 (normalized model input); target: [B] int32 (PRED = the class
-    predicted on x); baseline: x' broadcastable to x (default 0, Captum's default); chunk: steps
-    per pass (each pass runs chunk * B inputs).
+    predicted on x); baseline: x' broadcastable to x (default 0, Captum's default); method: the
+    quadrature rule (default riemann_middle, see the module docstring); chunk: steps per pass
+    (each pass runs chunk * B inputs).
     """
     fn = functools.partial(forward_fn(model), params)
     baseline = jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
