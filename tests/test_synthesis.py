@@ -34,6 +34,20 @@ def test_classviz_reaches_every_class(demo):
     assert _in_range(model, x)
 
 
+def test_classviz_small_norm_clipping_reaches_every_class(demo):
+    """Yosinski's small-norm clipping: half of each image's pixels stay the mean colour and the
+    class is still reached."""
+    model, params = demo
+    classes = jnp.arange(model.num_classes, dtype=jnp.int32)
+    run = jax.jit(
+        functools.partial(syn.class_visualization, model, steps=100, lr=0.1, clip_norm_pct=0.5)
+    )
+    x = run(params, classes, jax.random.key(0))
+    probs = jax.nn.softmax(forward_fn(model)(params, x), axis=-1)
+    assert np.asarray(probs[jnp.arange(model.num_classes), classes]).min() >= 0.9
+    assert float((jnp.linalg.norm(x, axis=-1) == 0).mean()) >= 0.4
+
+
 def test_batched_equals_per_image(demo):
     model, params = demo
     key = jax.random.key(3)

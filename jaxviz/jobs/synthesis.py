@@ -62,6 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             "--blur-sigma", type=float, default=0.5, help="blur std in pixels (default: 0.5)"
         )
         p.add_argument(
+            "--clip-norm-pct",
+            type=float,
+            default=0.0,
+            help="after each step reset pixels whose norm is below this per-image quantile to "
+            "the mean colour (Yosinski 2015; e.g. 0.5) (default: 0, off)",
+        )
+        p.add_argument(
             "--objective",
             choices=("logprob", "logit"),
             default="logprob",
@@ -105,6 +112,7 @@ def make_step(args: argparse.Namespace, model: Model):
         x = syn.class_visualization(
             model, params, classes, key, args.steps, args.lr, args.l2, args.jitter,
             args.blur_every, args.blur_sigma, objective=args.objective,
+            clip_norm_pct=args.clip_norm_pct,
         )  # fmt: skip
         probs = jax.nn.softmax(forward_fn(model)(params, x).astype(jnp.float32), axis=-1)
         return {"x": x, "prob": jnp.take_along_axis(probs, classes[:, None], axis=1)[:, 0]}
@@ -138,6 +146,9 @@ def _check(args: argparse.Namespace, model: Model) -> None:
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    pct = getattr(args, "clip_norm_pct", 0.0)
+    if not 0.0 <= pct < 1.0:
+        raise UsageError(f"--clip-norm-pct must be in [0, 1), got {pct}")
     if getattr(args, "layer", None) is not None:
         model.index(args.layer)
 

@@ -64,12 +64,15 @@ def class_visualization(
     blur_sigma: float = 0.5,
     init_std: float = 0.1,
     objective: str = "logprob",
+    clip_norm_pct: float = 0.0,
 ) -> jax.Array:
     """Class-model images: [B] int32 classes -> [B, H, W, 3] float32 normalized images.
 
     Each step: x += lr * g / mean|g| (g: gradient of the class logit at the jittered image), then
     x *= 1 - l2, every `blur_every` steps a Gaussian blur of std `blur_sigma` px, then clipping.
     objective: "logprob" (log-softmax of the class) or "logit" (its pre-softmax score).
+    clip_norm_pct: Yosinski's small-norm clipping: after each step, the pixels whose norm over
+    channels is below this per-image quantile (0..1; 0 = off) are reset to the mean colour (0).
     Starts from N(0, init_std) in normalized units (the dataset mean colour plus noise).
     """
     h, w = model.input_size
@@ -91,6 +94,9 @@ def class_visualization(
         rate = lr * 0.5 * (1.0 + jnp.cos(jnp.pi * i / steps))
         x = (x + rate * _per_image_normalize(g)) * (1.0 - l2)
         x = jnp.where((i + 1) % blur_every == 0, blur(x, blur_sigma, size), x)
+        if clip_norm_pct > 0:
+            norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
+            x = jnp.where(norm < jnp.quantile(norm, clip_norm_pct, (1, 2, 3), keepdims=True), 0, x)
         return jnp.clip(x, lo, hi)
 
     return jax.lax.fori_loop(0, steps, body, x0)
