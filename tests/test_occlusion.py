@@ -157,3 +157,20 @@ def test_job_writes_maps_and_pointing(tmp_path):
     assert grid.shape == (7, 7, 1) and pixels.shape == (64, 64, 1)
     assert (out / items[0]["png"][0]).exists()
     assert main([*argv, "--target", "nonsense", "--out", str(out)]) == 2
+
+
+def test_job_incremental_matches_full_and_records_the_saving(tmp_path):
+    from jaxviz.cli import main
+
+    argv = ["occlusion", "--model", "demo", "--random-init", "--data", "shapes:3:7"]
+    argv += ["--window", "8", "--stride", "4", "--batch-size", "4", "--output", "logit"]
+    grids = {}
+    for method in ("full", "incremental"):
+        out = tmp_path / method
+        assert main([*argv, "--method", method, "--out", str(out)]) == 0
+        m = json.loads((out / "manifest.json").read_text())["results"]["method"]
+        assert m["method"] == method
+        items = json.loads((out / "items.json").read_text())
+        grids[method] = np.stack([np.load(out / it["grid"]) for it in items])
+    assert m["flop_ratio"] > 1.5 and m["measured_speedup"] > 0
+    np.testing.assert_allclose(grids["incremental"], grids["full"], atol=1e-4)

@@ -72,7 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=("auto", "full", "incremental"),
         default="auto",
         help="full: one whole forward pass per position; incremental: exact incremental "
-        "inference (Krypton); auto: whichever needs fewer estimated FLOPs (default: auto)",
+        "inference (Krypton); auto: incremental when it saves at least 1.1x the FLOPs and "
+        "enough of them over the whole job (5 TFLOP) to repay compiling it (default: auto)",
     )
     p.add_argument(
         "--pointing-tolerance",
@@ -134,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     targets = parse_targets(args.target, model)
     fill = parse_fill(args.fill)
     source = open_source(args.data)
-    plan = incremental.choose(model, hw, window, stride, args.method)
+    n = len(source) if args.limit is None else min(args.limit, len(source))
+    plan = incremental.choose(model, hw, window, stride, args.method, n * hp * wp)
     config = {
         **model_config(args),
         "data": args.data,
@@ -149,7 +151,6 @@ def run(args: argparse.Namespace) -> int:
     out = JobOutput(args.out, "occlusion", config)
     out.results["method"] = plan.summary()
     evaluator = plan.evaluator
-    n = len(source) if args.limit is None else min(args.limit, len(source))
     ck = ItemCheckpoint(out, args.checkpoint_every)
     state = ck.state or {"items": [], "hits": [], "pixel_hits": [], "chunk": None}
     with ck, Progress(n, "occlusion") as bar:

@@ -60,6 +60,10 @@ from jaxviz.models.stage import Model, Params, forward, init_params
 
 METHODS = ("auto", "full", "incremental")
 AUTO_MIN_SAVING = 1.1  # `auto` goes incremental when it saves at least this factor of FLOPs
+# ... and, for a job of known size, at least this many FLOPs in all: compiling the incremental
+# paths (one per alignment group) costs 15-130 s on a 2-core CPU, about what 5 TFLOP of forward
+# passes take there, so smaller jobs finish sooner by brute force.
+AUTO_MIN_SAVED_FLOPS = 5e12
 MAX_CLASSES = 3  # alignment classes per axis; groups (compiled paths) = their product
 MATMUL_CONV_MIN_CHANNELS = 128  # slice convs with at least this many inputs run as matmuls
 
@@ -640,16 +644,25 @@ class Choice:
         return {"method": "incremental" if self.incremental else "full", **self.plan.summary()}
 
 
-def choose(model: Model, image_hw: Pair, window: Pair, stride: Pair, method: str) -> Choice:
+def choose(
+    model: Model,
+    image_hw: Pair,
+    window: Pair,
+    stride: Pair,
+    method: str,
+    total_positions: int | None = None,
+) -> Choice:
     """Resolve method ('full', 'incremental', 'auto': incremental when its plan saves at least
-    AUTO_MIN_SAVING x the FLOPs) to an evaluator for occlusion_fn."""
+    AUTO_MIN_SAVING x the FLOPs and, when the job's `total_positions` (images x grid) is
+    given, at least AUTO_MIN_SAVED_FLOPS in all) to an evaluator for occlusion_fn."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     plan = make_plan(model, image_hw, window, stride)
-    use = plan.switch > 0 and (
-        method == "incremental"
-        or (method == "auto" and plan.flops_full >= AUTO_MIN_SAVING * plan.flops)
+    worth_it = plan.flops_full >= AUTO_MIN_SAVING * plan.flops and (
+        total_positions is None
+        or (plan.flops_full - plan.flops) * total_positions >= AUTO_MIN_SAVED_FLOPS
     )
+    use = plan.switch > 0 and (method == "incremental" or (method == "auto" and worth_it))
     if use:
         ev = IncrementalForward(model, image_hw, window, stride, plan)
     else:
