@@ -87,6 +87,9 @@ def test_auto_prefers_full_when_nothing_is_saved(demo_random):
     model, _ = demo_random
     assert not choose(model, (64, 64), (64, 64), (1, 1), "auto").incremental
     assert choose(model, (64, 64), (8, 8), (4, 4), "auto").incremental
+    # a small job is done sooner by brute force than by compiling the incremental paths
+    assert not choose(model, (64, 64), (8, 8), (4, 4), "auto", total_positions=1000).incremental
+    assert choose(model, (64, 64), (8, 8), (4, 4), "auto", total_positions=10**9).incremental
     assert isinstance(choose(model, (64, 64), (8, 8), (4, 4), "full").evaluator, FullForward)
 
 
