@@ -182,10 +182,20 @@ def default_budget() -> int:
     return int(0.1 * psutil.virtual_memory().available / jax.local_device_count())
 
 
+# On a CPU, cache beats batch size: forward batches of ~128 MiB of activations ran fastest
+# (224 px, positions/s at 16 vs 128 positions a chunk: Lite0 51 vs 36, resnet18 29 vs 28.5).
+CPU_CHUNK_BYTES = 128 * 2**20
+CPU_MIN_CHUNK = 4
+
+
 def auto_chunk(evaluator: Evaluator, images_per_device: int, n_positions: int, budget: int) -> int:
-    """Positions per chunk so that images_per_device * chunk positions fit in `budget` bytes."""
+    """Positions per chunk so that images_per_device * chunk positions fit in `budget` bytes
+    (on a CPU also in CPU_CHUNK_BYTES, but at least CPU_MIN_CHUNK positions)."""
     per = max(1, evaluator.bytes_per_position * images_per_device)
-    return int(max(1, min(n_positions, budget // per)))
+    chunk = budget // per
+    if jax.default_backend() == "cpu":
+        chunk = min(chunk, max(CPU_MIN_CHUNK, CPU_CHUNK_BYTES // per))
+    return int(max(1, min(n_positions, chunk)))
 
 
 def partition(evaluator: Evaluator, corners: np.ndarray) -> list[tuple[int, np.ndarray]]:
