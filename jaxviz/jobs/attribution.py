@@ -215,12 +215,13 @@ def run(args: argparse.Namespace) -> int:
     params = jax.device_put(params, replicated(mesh))
     sharding = batch_sharding(mesh)
     n = len(source) if args.limit is None else min(args.limit, len(source))
-    ck = ItemCheckpoint(out, args.checkpoint_every)
-    state = ck.state or {
+    initial = {
         "items": [],
         "hits": [],
         "stats": {"completeness_error": [], "deletion": [], "insertion": []},
     }
+    ck = ItemCheckpoint(out, initial, args.checkpoint_every)
+    state = ck.state
     with ck, Progress(n, cmd) as bar:
         bar.update(ck.images_done)
         for batch in ck.stream(source, model.preprocess, batch_size, stop=n):
@@ -233,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
                 put(batch.index.astype(np.int32)),
             )
             res = jax.tree.map(np.asarray, res)
-            with ck.commit(batch, state):
+            with ck.commit(batch):
                 out.timing("attribution_s", time.perf_counter() - t0)
                 for row in np.flatnonzero(batch.mask):
                     i = int(batch.index[row])

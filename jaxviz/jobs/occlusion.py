@@ -151,8 +151,9 @@ def run(args: argparse.Namespace) -> int:
     out = JobOutput(args.out, "occlusion", config)
     out.results["method"] = plan.summary()
     evaluator = plan.evaluator
-    ck = ItemCheckpoint(out, args.checkpoint_every)
-    state = ck.state or {"items": [], "hits": [], "pixel_hits": [], "chunk": None}
+    initial = {"items": [], "hits": [], "pixel_hits": [], "chunk": None}
+    ck = ItemCheckpoint(out, initial, args.checkpoint_every)
+    state = ck.state
     with ck, Progress(n, "occlusion") as bar:
         bar.update(ck.images_done)
         for batch in ck.stream(source, model.preprocess, args.batch_size, stop=n):
@@ -176,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
             speedup = None
             if plan.incremental and "measured_speedup" not in state:
                 speedup = measure_speedup(model, params, x[:1], window, stride, evaluator)
-            with ck.commit(batch, state):
+            with ck.commit(batch):
                 out.timing("occlusion_s", time.perf_counter() - t0)
                 state["chunk"] = res.chunk
                 if speedup is not None:

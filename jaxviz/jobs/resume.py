@@ -8,13 +8,12 @@ file list and skipped inputs with orbax every few batches and on interrupt, unde
 saved batch; images processed after it are processed again and their files rewritten with the
 same content, so the final outputs equal an uninterrupted run. A different config starts over.
 
-    ck = ItemCheckpoint(out)
-    state = ck.state or {"items": []}
+    ck = ItemCheckpoint(out, initial={"items": []})  # ck.state: restored, else initial
     with ck:                                  # saves on Ctrl-C / SIGTERM, then re-raises
         for batch in ck.stream(source, preprocess, batch_size, stop=n):
             result = compute(batch)           # interruptible
-            with ck.commit(batch, state):     # signals deferred; batch marked done at exit
-                state["items"] += ...
+            with ck.commit(batch):            # signals deferred; batch marked done at exit
+                ck.state["items"] += ...
     ck.finish()                               # skipped inputs into `out`; checkpoint removed
 """
 
@@ -48,17 +47,16 @@ def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
 class ItemCheckpoint:
     """The resumable progress of one per-image job writing into `out` (see the module doc)."""
 
-    def __init__(self, out: JobOutput, every: int = 10):
+    def __init__(self, out: JobOutput, initial: dict[str, Any], every: int = 10):
         signature = json.dumps(out.config, sort_keys=True, default=_json_default)
         self._ckpt = ScanCheckpoint(out.path(".item-checkpoint"), signature, every)
         self.out, self.every = out, every
         restored = self._ckpt.restore()
         meta = restored["meta"] if restored else {}
-        self.state: dict[str, Any] | None = meta.get("state")
+        self.state: dict[str, Any] = meta.get("state", initial)
         self.next_index: int = meta.get("next_index", 0)
         self._skips: list[tuple[int, str, str]] = [tuple(s) for s in meta.get("skips", [])]
         self._batches = 0
-        self._saved_state: dict[str, Any] | None = self.state
         if restored:
             out.counts.update(meta["counts"])
             out.timings.update(meta["timings"])
@@ -83,13 +81,12 @@ class ItemCheckpoint:
         )
 
     @contextlib.contextmanager
-    def commit(self, batch: Batch, state: dict[str, Any]) -> Iterator[None]:
-        """Update `state` for `batch` inside the block: interrupts wait until it is done; then
+    def commit(self, batch: Batch) -> Iterator[None]:
+        """Update `self.state` for `batch` inside the block: interrupts wait until it is done; then
         the batch counts as done and every `every` batches the checkpoint is saved."""
         with deferred_interrupts():
             yield
             self.next_index = batch.next_index
-            self._saved_state = state
             self._batches += 1
             if self._batches % self.every == 0:
                 self._save()
@@ -103,10 +100,8 @@ class ItemCheckpoint:
         return False
 
     def _save(self) -> None:
-        if self._saved_state is None:
-            return
         meta = {
-            "state": self._saved_state,
+            "state": self.state,
             "next_index": self.next_index,
             "skips": [s for s in self._skips if s[0] < self.next_index],
             "counts": self.out.counts,
