@@ -65,12 +65,17 @@ def test_batched_equals_per_image(demo):
         np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-4)
 
 
-def test_invert_reduces_feature_distance(demo):
-    model, params = demo
+def _two_shapes(model, seed):
+    """Shapes images 0 and 1 of `seed`, normalized for `model`: [2, 64, 64, 3]."""
     from jaxviz.data.shapes import ShapesSet
 
-    shapes = ShapesSet(2, seed=0)
-    images = model.preprocess.normalize(np.stack([shapes.sample(i)[0] for i in range(2)]))
+    shapes = ShapesSet(2, seed=seed)
+    return model.preprocess.normalize(np.stack([shapes.sample(i)[0] for i in range(2)]))
+
+
+def test_invert_reduces_feature_distance(demo):
+    model, params = demo
+    images = _two_shapes(model, seed=0)
     x = jax.jit(functools.partial(syn.invert, model, layer="conv3", steps=150))(
         params, images, key=jax.random.key(0)
     )
@@ -83,10 +88,7 @@ def test_invert_reduces_feature_distance(demo):
 
 def test_dream_increases_layer_norm(demo):
     model, params = demo
-    from jaxviz.data.shapes import ShapesSet
-
-    shapes = ShapesSet(2, seed=1)
-    images = model.preprocess.normalize(np.stack([shapes.sample(i)[0] for i in range(2)]))
+    images = _two_shapes(model, seed=1)
     x = jax.jit(functools.partial(syn.dream, model, layer="conv4", steps=10))(
         params, images, key=jax.random.key(0)
     )
