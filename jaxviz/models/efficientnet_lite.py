@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 
 from jaxviz.models import ops
+from jaxviz.models.conv import Conv
 from jaxviz.models.convert import NameTable, bn_rules, conv_rules, linear_rules, load_converted
 from jaxviz.models.depthwise import DepthwiseConv, Impl, Padding, same_padding
 from jaxviz.models.geometry import IDENTITY, Geometry
@@ -102,7 +103,7 @@ class ConvBNAct(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k, s = self.kernel, self.stride
-        x = nn.Conv(self.features, (k, k), (s, s), self.padding, use_bias=False, name="conv")(x)
+        x = Conv(self.features, (k, k), (s, s), self.padding, use_bias=False, name="conv")(x)
         x = _bn("bn")(x)
         return ops.relu6(x) if self.act else x
 
@@ -125,13 +126,13 @@ class MBConv(nn.Module):
         a = self.args
         h = x
         if a.expand != 1:
-            h = nn.Conv(a.cin * a.expand, (1, 1), use_bias=False, name="expand_conv")(h)
+            h = Conv(a.cin * a.expand, (1, 1), use_bias=False, name="expand_conv")(h)
             h = ops.relu6(_bn("bn0")(h))
         h = DepthwiseConv(
             a.kernel, a.stride, self.padding, self.depthwise_impl, name="depthwise_conv"
         )(h)
         h = ops.relu6(_bn("bn1")(h))
-        h = nn.Conv(a.cout, (1, 1), use_bias=False, name="project_conv")(h)
+        h = Conv(a.cout, (1, 1), use_bias=False, name="project_conv")(h)
         h = _bn("bn2")(h)
         return h + x if a.stride == 1 and a.cin == a.cout else h
 

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxviz.models import ops
+from jaxviz.models.conv import Conv
 from jaxviz.models.geometry import Geometry
 
 
@@ -24,7 +25,7 @@ class ConvAct(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         p = self.padding
-        x = nn.Conv(
+        x = Conv(
             self.features,
             (self.kernel, self.kernel),
             (self.stride, self.stride),

@@ -25,6 +25,7 @@ import jax
 
 from jaxviz.models import ops
 from jaxviz.models.alexnet import IMAGENET_PREPROCESS, imagenet_classes
+from jaxviz.models.conv import Conv
 from jaxviz.models.convert import NameTable, bn_rules, conv_rules, linear_rules, load_converted
 from jaxviz.models.geometry import IDENTITY, Geometry
 from jaxviz.models.layers import Dense, GlobalAvgPool
@@ -41,9 +42,9 @@ def _bn(name: str) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=True, momentum=0.9, epsilon=1e-5, name=name)
 
 
-def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
+def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Module:
     p = kernel // 2
-    return nn.Conv(
+    return Conv(
         features, (kernel, kernel), (stride, stride), ((p, p), (p, p)), use_bias=False, name=name
     )
 
