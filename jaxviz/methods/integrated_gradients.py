@@ -4,8 +4,9 @@ Networks"): (x - x') * integral_0^1 d logit_target / d x at x' + a (x - x') da.
 The integral uses Captum's quadrature rules (`riemann_left|right|middle|trapezoid`,
 `gausslegendre`) with the same nodes and weights, so results match Captum's
 `IntegratedGradients(method=..., n_steps=...)`. Steps are vmapped and run in chunks
-(`targets.gradient_sum`). Completeness (the attributions sum to f(x) - f(x')) is reported per image
-as `delta`, Captum's convergence delta.
+(`targets.gradient_sum`); the first convolution runs twice per image (at x and x') and its
+input gradient once, not once per step (`first_layer`: it is affine). Completeness (the
+attributions sum to f(x) - f(x')) is reported per image as `delta`, Captum's convergence delta.
 
 Deviation: the default rule is `riemann_middle`, not Captum's `gausslegendre`. A network of ReLUs,
 max-pools and affine maps is piecewise linear, so along the straight path the logit is piecewise
@@ -33,8 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import unknown
+from jaxviz.methods.first_layer import split_first_conv
 from jaxviz.methods.targets import gradient_sum, resolve, selected
-from jaxviz.models.stage import Model, Params, forward_fn
+from jaxviz.models.stage import Model, Params
 
 METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 DEFAULT_METHOD = "riemann_middle"  # see the module docstring
@@ -98,16 +100,20 @@ def integrated_gradients(
     quadrature rule (default riemann_middle, see the module docstring); chunk: steps per pass
     (each pass runs chunk * B inputs).
     """
-    fn = functools.partial(forward_fn(model), params)
+    split = split_first_conv(model, params, x.shape[1:])
     baseline = jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
     alphas, weights = quadrature(method, steps)
     alphas = jnp.asarray(alphas)
-    ends = fn(jnp.concatenate([x, baseline]))
     b = x.shape[0]
+    z = split.head(jnp.concatenate([x, baseline]))
+    z_x, z_base = z[:b], z[b:]
+    ends = split.rest(z)
     t = resolve(ends[:b], target)
     diff = selected(ends[:b], t) - selected(ends[b:], t)
+    grads_z = gradient_sum(
+        split.rest, lambda s: z_base + alphas[s] * (z_x - z_base), jnp.asarray(weights), t, chunk
+    )
     path = x - baseline
-    grads = gradient_sum(fn, lambda s: baseline + alphas[s] * path, jnp.asarray(weights), t, chunk)
-    attr = path * grads
+    attr = path * split.input_gradient(x, grads_z)
     delta = jnp.sum(attr, axis=tuple(range(1, x.ndim))) - diff
     return IGResult(attr, delta, diff, t)

@@ -3,7 +3,9 @@ gradient averaged over noisy copies x + N(0, sigma^2) of each image.
 
 Noise for (image b, sample s) is drawn from `fold_in(keys[b], s)`, so it does not depend on the
 batch an image lands in nor on the chunk size; samples are vmapped and run in chunks
-(`targets.gradient_sum`). `smoothgrad_noise` takes explicit noise instead (parity with Captum's
+(`targets.gradient_sum`), and the input gradient of the first convolution runs once for the
+sum of all samples (`first_layer`), except for `magnitude` (|gradient| per sample).
+`smoothgrad_noise` takes explicit noise instead (parity with Captum's
 `NoiseTunnel(Saliency, nt_type="smoothgrad")` given the same draws).
 """
 
@@ -14,17 +16,20 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxviz.methods.first_layer import split_first_conv
 from jaxviz.methods.targets import gradient_sum, resolve
 from jaxviz.models.stage import Model, Params, forward_fn
 
 
 def _smooth(model, params, x, target, noise_at, samples, chunk, magnitude):
-    fn = functools.partial(forward_fn(model), params)
-    t = resolve(fn(x), target)
     weights = jnp.full((samples,), 1.0 / samples, jnp.float32)
-    return gradient_sum(
-        fn, lambda s: x + noise_at(s), weights, t, chunk, jnp.abs if magnitude else None
-    )
+    split = split_first_conv(model, params, x.shape[1:])
+    t = resolve(split.rest(split.head(x)), target)
+    if magnitude:  # |gradient| per sample: no shared transposed first layer
+        fn = functools.partial(forward_fn(model), params)
+        return gradient_sum(fn, lambda s: x + noise_at(s), weights, t, chunk, jnp.abs)
+    grads_z = gradient_sum(split.rest, lambda s: split.head(x + noise_at(s)), weights, t, chunk)
+    return split.input_gradient(x, grads_z)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "samples", "chunk", "magnitude"))
