@@ -46,7 +46,7 @@ HARDWARE = (
 SIZES = {
     "smoke": {"hw": 64, "batch": 2, "steps": 4, "chunk": 2, "reps": 1},
     "medium": {"hw": 64, "batch": 8, "steps": 32, "chunk": 4, "reps": 1},
-    "full": {"hw": 224, "batch": 16, "steps": 32, "chunk": 4, "reps": 2},
+    "full": {"hw": 224, "batch": 16, "steps": 32, "chunk": 4, "reps": 3},
 }
 MODELS = ("resnet18", "efficientnet_lite0")
 
