@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from jaxviz.models.depthwise import (
+    _shift_add,
+    _shift_add_fused_grad,
     depthwise_conv,
     depthwise_grouped,
     depthwise_shift,
@@ -76,3 +78,19 @@ def test_same_padding_is_tensorflows():
     assert same_padding(7, 5, 1) == (2, 2)
     assert same_padding(225, 3, 2) == (1, 1)
     assert same_padding(14, 1, 1) == (0, 0)
+
+
+@pytest.mark.parametrize("size,c,k,s", CASES)
+def test_fused_gradient_matches_jax_rule(size, c, k, s):
+    """The shift-and-add input gradient (and the kernel gradient) equal JAX's own rule."""
+    x, w = _inputs(size, c, k, seed=3)
+    padding = (same_padding(size, k, s), (k // 2, (k - 1) // 2))  # asymmetric both ways
+
+    def grads(fn):
+        y, vjp = jax.vjp(lambda a, b: fn(a, b, (s, s), padding), x, w)
+        return jax.jit(vjp)(jax.random.normal(jax.random.key(4), y.shape))
+
+    want = grads(_shift_add)
+    got = grads(_shift_add_fused_grad)
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * float(jnp.abs(a).max()))
