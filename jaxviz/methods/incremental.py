@@ -54,6 +54,7 @@ from jaxviz.methods.occlusion import (
     occlude,
     stage_input_shapes,
 )
+from jaxviz.models import windows
 from jaxviz.models.geometry import Pair
 from jaxviz.models.layers import ConvAct, MaxPool
 from jaxviz.models.stage import Model, Params, forward, init_params
@@ -487,13 +488,9 @@ def _conv_as_matmuls(module: ConvAct, variables: dict, x: jax.Array) -> jax.Arra
     s = module.stride
     my = (x.shape[1] - kh) // s + 1
     mx = (x.shape[2] - kw) // s + 1
-    taps = [
-        x[:, i : i + s * (my - 1) + 1 : s, j : j + s * (mx - 1) + 1 : s]
-        for i in range(kh)
-        for j in range(kw)
-    ]
+    patches = [tap for _, _, tap in windows.taps(x, (kh, kw), (s, s), (my, mx))]
     out = jnp.einsum(
-        "bhwc,cd->bhwd", jnp.concatenate(taps, axis=-1), kernel.reshape(-1, kernel.shape[-1])
+        "bhwc,cd->bhwd", jnp.concatenate(patches, axis=-1), kernel.reshape(-1, kernel.shape[-1])
     )
     out = out + variables["params"]["conv"]["bias"][None, None, None, :]
     return out if module.act is None else module.act(out)

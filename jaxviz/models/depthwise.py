@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxviz.models import windows
 from jaxviz.models.geometry import Pair
 
 Padding = tuple[Pair, Pair]  # ((top, bottom), (left, right))
@@ -42,21 +43,12 @@ def depthwise_grouped(x: jax.Array, kernel: jax.Array, stride: Pair, padding: Pa
     )
 
 
-def _windows(xp: jax.Array, kernel_hw: Pair, stride: Pair, out_hw: Pair):
-    """(i, j, strided slice of xp [B, Ho, Wo, C] under tap (i, j)) for every kernel tap."""
-    (sh, sw), (ho, wo) = stride, out_hw
-    for i in range(kernel_hw[0]):
-        for j in range(kernel_hw[1]):
-            end = (xp.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, xp.shape[3])
-            yield i, j, jax.lax.slice(xp, (0, i, j, 0), end, (1, sh, sw, 1))
-
-
 def _shift_add(x: jax.Array, kernel: jax.Array, stride: Pair, padding: Padding) -> jax.Array:
     kh, kw = kernel.shape[:2]
     xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
     out_hw = ((xp.shape[1] - kh) // stride[0] + 1, (xp.shape[2] - kw) // stride[1] + 1)
     taps = kernel.astype(x.dtype)[:, :, None, None]  # taps[i, j]: [1, 1, 1, C]
-    return sum(w * taps[i, j] for i, j, w in _windows(xp, (kh, kw), stride, out_hw))
+    return sum(w * taps[i, j] for i, j, w in windows.taps(xp, (kh, kw), stride, out_hw))
 
 
 # Input gradients, batch 16, ms (JAX's rule / the shift-and-add rule below): 3x3 stride 1 on
@@ -101,7 +93,7 @@ def _shift_bwd(stride, padding, res, g):
     gx = _shift_add(dilated, kernel[::-1, ::-1], (1, 1), tuple(pads))
     xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
     gk = jnp.zeros_like(kernel)
-    for i, j, w in _windows(xp, (kh, kw), stride, g.shape[1:3]):
+    for i, j, w in windows.taps(xp, (kh, kw), stride, g.shape[1:3]):
         gk = gk.at[i, j, 0].set(jnp.sum(w * g, axis=(0, 1, 2)).astype(kernel.dtype))
     return gx.astype(x.dtype), gk
 

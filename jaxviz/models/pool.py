@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-Pair = tuple[int, int]
-Padding = tuple[Pair, Pair]
+from jaxviz.models import windows
+from jaxviz.models.depthwise import Padding
+from jaxviz.models.geometry import Pair
 
 
 def _reduce_max(xp: jax.Array, window: Pair, strides: Pair) -> jax.Array:
@@ -45,30 +46,12 @@ def _fwd(x, window, strides, padding):
 def _bwd(window, strides, padding, res, g):
     x, y = res
     xp = _pad(x, padding)
-    (sh, sw), (ho, wo) = strides, y.shape[1:3]
     grad = jnp.zeros_like(xp)
     taken = jnp.zeros(y.shape, bool)
-    for i in range(window[0]):
-        for j in range(window[1]):
-            tap = lax.slice(
-                xp,
-                (0, i, j, 0),
-                (xp.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, xp.shape[3]),
-                (1, sh, sw, 1),
-            )
-            hit = (tap == y) & ~taken
-            taken = taken | hit
-            placed = lax.pad(
-                jnp.where(hit, g, 0).astype(g.dtype),
-                jnp.zeros((), g.dtype),
-                (
-                    (0, 0, 0),
-                    (i, xp.shape[1] - i - sh * (ho - 1) - 1, sh - 1),
-                    (j, xp.shape[2] - j - sw * (wo - 1) - 1, sw - 1),
-                    (0, 0, 0),
-                ),
-            )
-            grad = grad + placed
+    for i, j, tap in windows.taps(xp, window, strides, y.shape[1:3]):
+        hit = (tap == y) & ~taken
+        taken = taken | hit
+        grad = grad + windows.place(jnp.where(hit, g, 0), (i, j), strides, xp.shape[1:3])
     (top, _), (left, _) = padding
     return (grad[:, top : top + x.shape[1], left : left + x.shape[2]],)
 
