@@ -1,14 +1,27 @@
 """Train the `demo` CNN on the synthetic shapes set and save jaxviz/assets/demo.npz.
 
-The committed checkpoint came from two runs (about 1 h on 2 heavily shared CPU cores):
+The committed checkpoint came from four runs (about 1.5 h on 2 heavily shared CPU cores):
 
     .venv/bin/python scripts/train_demo.py --conv1-decay 0.3 --out /tmp/stage1.npz
     .venv/bin/python scripts/train_demo.py --resume /tmp/stage1.npz --first-seed 1003 \
-        --epochs 4 --lr 1.5e-3 --conv1-decay 8
+        --epochs 4 --lr 1.5e-3 --conv1-decay 8 --out /tmp/stage2.npz
+    .venv/bin/python scripts/train_demo.py --resume /tmp/stage2.npz --first-seed 2000 \
+        --epochs 4 --per-epoch 9600 --lr 1e-3 --adv-eps 1.5 --out /tmp/stage3a.npz
+    .venv/bin/python scripts/train_demo.py --resume /tmp/stage3a.npz --first-seed 3000 \
+        --epochs 8 --per-epoch 9600 --lr 1e-3 --adv-eps 1.5 --out /tmp/stage3b.npz
+    .venv/bin/python scripts/train_demo.py --resume /tmp/stage3b.npz --first-seed 4000 \
+        --epochs 6 --per-epoch 9600 --lr 5e-4 --adv-eps 1.5 --keep-clean
 
 (The first run used the shapes generator of commit ef89198: objects 0.3-0.62 of the image and
 hexagons at any angle, which confused small hexagons with circles at 89% held-out accuracy; the
-second run fine-tuned on the current generator.)
+second run fine-tuned on the current generator, 98.3% held-out.) The last three are adversarial
+training (Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial Attacks"; L2
+PGD, radius 1.5 in [0, 1] pixel units, 3 steps): a robust model's input gradients are perceptually
+aligned (Santurkar et al. 2019, "Image Synthesis with a Single (Robust) Classifier"), so class
+visualization draws its shapes, and Grad-CAM and occlusion point at the object more often
+(pointing game on shapes:500:7: Grad-CAM 0.864 -> 0.986, occlusion 0.954 -> 0.978). The price is
+clean accuracy: 93.6% held-out on shapes:1000:123 (98.3% before); the last run trains on each
+batch and its attacked copy to win back part of it (91.3% without).
 
 Every epoch draws fresh images (ShapesSet seeds 1000, 1001, ...; validation seed 999; the held-out
 seed 123 is scored once, at the end), generated in a background thread while the jitted train
@@ -83,6 +96,18 @@ def main() -> None:
     p.add_argument("--eval", default=2000, type=int, help="validation and held-out images")
     p.add_argument("--out", default=str(ASSET), help="checkpoint path (.npz)")
     p.add_argument("--resume", default=None, help="start from this checkpoint (.npz)")
+    p.add_argument(
+        "--adv-eps",
+        type=float,
+        default=0.0,
+        help="adversarial training: L2 radius of the PGD attack in [0, 1] pixel units (0: off)",
+    )
+    p.add_argument("--adv-steps", type=int, default=3, help="PGD steps per training step")
+    p.add_argument(
+        "--keep-clean",
+        action="store_true",
+        help="adversarial training on each batch and its attacked copy (clean accuracy)",
+    )
     p.add_argument("--first-seed", type=int, default=TRAIN_SEED, help="seed of the first epoch")
     args = p.parse_args()
 
@@ -102,13 +127,35 @@ def main() -> None:
     norm = model.preprocess.normalize
 
     def loss_fn(params, images, labels):
+        """images: [B, 64, 64, 3] float32 in [0, 255]."""
         with ops.activation_override(max_pool=_pool2x2):
             logits, _ = forward(model, params, norm(images))
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         return loss, (jnp.argmax(logits, -1) == labels).mean()
 
+    def attack(params, images, labels):
+        """L2 PGD (Madry et al. 2018) within args.adv_eps (in [0, 1] pixel units) of the images:
+        args.adv_steps ascent steps of 2.5 eps / steps along the normalized gradient, each
+        projected back onto the ball and the valid pixels. Returns [B, 64, 64, 3] in [0, 255]."""
+        x = images.astype(jnp.float32) / 255.0
+        eps, rate = args.adv_eps, 2.5 * args.adv_eps / args.adv_steps
+        radius = lambda d: jnp.sqrt((d**2).sum(axis=(1, 2, 3), keepdims=True)) + 1e-12  # noqa: E731
+        delta = jnp.zeros_like(x)
+        for _ in range(args.adv_steps):
+            g = jax.grad(lambda d: loss_fn(params, (x + d) * 255.0, labels)[0])(delta)
+            delta = delta + rate * g / radius(g)
+            delta = delta * jnp.minimum(1.0, eps / radius(delta))
+            delta = jnp.clip(x + delta, 0.0, 1.0) - x
+        return jax.lax.stop_gradient((x + delta) * 255.0)
+
     @jax.jit
     def train_step(params, opt_state, images, labels):
+        if args.adv_eps > 0:
+            attacked = attack(params, images, labels)
+            if args.keep_clean:
+                attacked = jnp.concatenate([images.astype(jnp.float32), attacked])
+                labels = jnp.concatenate([labels, labels])
+            images = attacked
         (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, images, labels)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, acc

@@ -26,7 +26,7 @@ def _in_range(model, x):
 def test_classviz_reaches_every_class(demo):
     model, params = demo
     classes = jnp.arange(model.num_classes, dtype=jnp.int32)
-    run = jax.jit(functools.partial(syn.class_visualization, model, steps=30, lr=0.2))
+    run = jax.jit(functools.partial(syn.class_visualization, model))
     x = run(params, classes, jax.random.key(0))
     probs = jax.nn.softmax(forward_fn(model)(params, x), axis=-1)
     p = np.asarray(probs[jnp.arange(model.num_classes), classes])
@@ -35,17 +35,17 @@ def test_classviz_reaches_every_class(demo):
 
 
 def test_classviz_small_norm_clipping_reaches_every_class(demo):
-    """Yosinski's small-norm clipping: half of each image's pixels stay the mean colour and the
+    """Yosinski's small-norm clipping: 30% of each image's pixels stay the mean colour and the
     class is still reached."""
     model, params = demo
     classes = jnp.arange(model.num_classes, dtype=jnp.int32)
     run = jax.jit(
-        functools.partial(syn.class_visualization, model, steps=100, lr=0.1, clip_norm_pct=0.5)
+        functools.partial(syn.class_visualization, model, blur_until=0.6, clip_norm_pct=0.3)
     )
     x = run(params, classes, jax.random.key(0))
     probs = jax.nn.softmax(forward_fn(model)(params, x), axis=-1)
     assert np.asarray(probs[jnp.arange(model.num_classes), classes]).min() >= 0.9
-    assert float((jnp.linalg.norm(x, axis=-1) == 0).mean()) >= 0.4
+    assert float((jnp.linalg.norm(x, axis=-1) == 0).mean()) >= 0.25
 
 
 def test_batched_equals_per_image(demo):

@@ -41,7 +41,7 @@ from jaxviz.runtime.devices import batch_sharding, local_mesh, replicated, round
 from jaxviz.runtime.progress import Progress
 
 # subcommand -> (default steps, default learning rate)
-DEFAULTS = {"classviz": (60, 0.1), "invert": (200, 0.05), "dream": (20, 0.02)}
+DEFAULTS = {"classviz": (200, 0.1), "invert": (200, 0.05), "dream": (20, 0.02)}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,6 +60,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--blur-every", type=int, default=4, help="blur every N steps (default: 4)")
         p.add_argument(
             "--blur-sigma", type=float, default=0.5, help="blur std in pixels (default: 0.5)"
+        )
+        p.add_argument(
+            "--blur-until",
+            type=float,
+            default=0.75,
+            help="blur only during this first fraction of the steps; the rest sharpen "
+            "(default: 0.75)",
         )
         p.add_argument(
             "--clip-norm-pct",
@@ -112,7 +119,7 @@ def make_step(args: argparse.Namespace, model: Model):
         x = syn.class_visualization(
             model, params, classes, key, args.steps, args.lr, args.l2, args.jitter,
             args.blur_every, args.blur_sigma, objective=args.objective,
-            clip_norm_pct=args.clip_norm_pct,
+            clip_norm_pct=args.clip_norm_pct, blur_until=args.blur_until,
         )  # fmt: skip
         probs = jax.nn.softmax(forward_fn(model)(params, x).astype(jnp.float32), axis=-1)
         return {"x": x, "prob": jnp.take_along_axis(probs, classes[:, None], axis=1)[:, 0]}
@@ -149,6 +156,9 @@ def _check(args: argparse.Namespace, model: Model) -> None:
     pct = getattr(args, "clip_norm_pct", 0.0)
     if not 0.0 <= pct < 1.0:
         raise UsageError(f"--clip-norm-pct must be in [0, 1), got {pct}")
+    until = getattr(args, "blur_until", 0.0)
+    if not 0.0 <= until <= 1.0:
+        raise UsageError(f"--blur-until must be in [0, 1], got {until}")
     if getattr(args, "layer", None) is not None:
         model.index(args.layer)
 

