@@ -4,7 +4,8 @@ One JSON line a case, measured side by side in one process (jaxviz and torch cal
 warm-up; torch uses as many threads as XLA:CPU, the CPUs this process may run on), so the ratio
 stays meaningful on a loaded machine. Cases (`--cases`):
 
-- forward: images/s of the whole network, jaxviz vs torch, and the ratio (> 1: jaxviz faster),
+- forward: images/s of the whole network (median of the timed calls), jaxviz vs torch, the ratio
+  (> 1: jaxviz faster) and ratio_best (fastest call against fastest call),
   for alexnet, resnet18, vgg16 and efficientnet_lite0 (random weights; the Lite0 reference is the
   torch implementation in tests/test_efficientnet.py, the others tests/torchvision_refs.py), and
   `efficientnet_lite0[grouped]`: Lite0 with XLA's grouped conv for depthwise layers, to show
@@ -56,7 +57,7 @@ MODELS = ("alexnet", "resnet18", "vgg16", "efficientnet_lite0", "efficientnet_li
 TARGETS = {"alexnet": 1.0, "resnet18": 0.8, "vgg16": 0.8, "efficientnet_lite0": 0.5}
 SIZES = {  # batch, timed repetitions, warm-up calls
     "smoke": {"batch": 2, "reps": 1, "warmup": 1},
-    "full": {"batch": 32, "reps": 3, "warmup": 1},
+    "full": {"batch": 32, "reps": 10, "warmup": 1},  # this VM's speed drifts 10-25% a minute
 }
 LITE0_TORCH_TAPS = {
     "stem": "_bn0",
@@ -133,6 +134,7 @@ def bench_forward(name: str, batch: int, reps: int, warmup: int) -> dict:
         "jaxviz_img_s": round(jax_ips, 2),
         "torch_img_s": round(torch_ips, 2),
         "ratio": round(jax_ips / torch_ips, 3),
+        "ratio_best": round(min(tt) / min(tj), 3),
         "target": TARGETS.get(base) if base == name else None,
         "compile_s": round(compile_s, 2),
         "hardware": hardware(),
