@@ -305,3 +305,34 @@ def test_cli_jobs_write_maps_equal_to_the_methods(demo_random, tmp_path):
     guided = np.load(tmp_path / "g" / "npy" / "guided_0000000.npy")
     close(guided, guided_gradcam(model, params, x[:1], pred[:1], "conv3")[0], 1e-5)
     assert main(["gradcam", *common, "--layer", "fc", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_job_sanity_check_is_adebayo_cascade_on_first_batch(demo_random, tmp_path):
+    """--sanity-check: per stage, the mean Spearman of |saliency| over the first batch's real
+    images (3 of a padded batch of 4) and RANDOMIZATION_DRAWS re-initializations, each from
+    fold_in(key(seed), draw), the trained model's class kept as the target."""
+    from jaxviz.cli import main
+    from jaxviz.data.shapes import ShapesSet
+    from jaxviz.jobs.attribution import RANDOMIZATION_DRAWS
+    from jaxviz.methods.faithfulness import randomization_check
+
+    model, params = demo_random
+    images = np.stack([ShapesSet(3, seed=3).sample(i)[0] for i in range(3)])
+    x = model.preprocess.normalize(images)
+    pred = jnp.argmax(forward(model, params, x)[0], -1).astype(jnp.int32)
+    argv = ["saliency", "--random-init", "--seed", "0", "--data", "shapes:3:3"]
+    assert main([*argv, "--batch-size", "4", "--sanity-check", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "manifest.json").read_text())["results"]["randomization"]
+    key = jax.random.key(0)
+    maps = lambda p: saliency(model, p, x, pred)  # noqa: E731
+    draws = [
+        randomization_check(maps, model, params, jax.random.fold_in(key, d))
+        for d in range(RANDOMIZATION_DRAWS)
+    ]
+    assert list(report) == list(draws[0]) == ["logits", "fc", "conv4", "conv3", "conv2", "conv1"]
+    for stage, row in report.items():
+        ref = np.stack([d[stage] for d in draws])
+        assert row["pairs"] == ref.size and row["undefined"] == 0
+        np.testing.assert_allclose(row["per_draw"], ref.mean(1), atol=1e-5)
+        np.testing.assert_allclose(row["mean"], ref.mean(), atol=1e-5)
+    assert report["conv1"]["mean"] < 0.9  # re-initializing everything changes the maps

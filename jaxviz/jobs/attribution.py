@@ -6,7 +6,8 @@ Per image (stem = 7-digit source index): `npy/STEM.npy` with the raw attribution
 [H, W]; guided, ig, smoothgrad: [H, W, C]; gradcam: [h, w] at the layer's resolution) and
 `STEM.png`, the heat map over the image titled with the explained class. The manifest holds a
 per-image summary in items.json, the pointing game on sources with boxes (the shapes set), the
-completeness error for ig, and with --faithfulness the deletion/insertion AUCs.
+completeness error for ig, with --faithfulness the deletion/insertion AUCs, and with
+--sanity-check Adebayo's model-randomization check on the first batch (results.randomization).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz.data.pipeline import stream
 from jaxviz.data.sources import open_source
 from jaxviz.errors import UsageError
 from jaxviz.jobs.common import (
@@ -125,6 +127,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="pixel-removal steps of the deletion/insertion curves (default: 64)",
     )
     p.add_argument(
+        "--sanity-check",
+        action="store_true",
+        help="model-randomization sanity check (Adebayo et al. 2018) on the first batch: the "
+        "Spearman correlation of |heat maps| between the trained model and the model with its "
+        "stages re-initialized from the top down (one row a stage, the mean of 3 "
+        "re-initializations; the trained model's class stays the target); low means the maps "
+        "depend on the weights",
+    )
+    p.add_argument(
         "--pointing-tolerance",
         type=float,
         default=0.0,
@@ -214,7 +225,22 @@ def run(args: argparse.Namespace) -> int:
     step = make_step(args, model, chunk)
     params = jax.device_put(params, replicated(mesh))
     sharding = batch_sharding(mesh)
+    put = functools.partial(jax.device_put, device=sharding)
     n = len(source) if args.limit is None else min(args.limit, len(source))
+    if args.sanity_check:
+        first = next(stream(source, model.preprocess, batch_size, stop=min(n, batch_size)), None)
+        if first is not None:
+            maps_only = argparse.Namespace(**{**vars(args), "faithfulness": False})
+            out.results["randomization"] = randomization(
+                make_step(maps_only, model, chunk),
+                model,
+                params,
+                first,
+                target,
+                put,
+                functools.partial(jax.device_put, device=replicated(mesh)),
+                jax.random.key(args.seed),
+            )
     initial = {
         "items": [],
         "hits": [],
@@ -226,7 +252,6 @@ def run(args: argparse.Namespace) -> int:
         bar.update(ck.images_done)
         for batch in ck.stream(source, model.preprocess, batch_size, stop=n):
             t0 = time.perf_counter()
-            put = functools.partial(jax.device_put, device=sharding)
             res = step(
                 params,
                 put(batch.images),
@@ -263,6 +288,38 @@ def run(args: argparse.Namespace) -> int:
         f"{'n/a' if score is None else f'{score:.3f}'} -> {args.out}"
     )
     return 0
+
+
+RANDOMIZATION_DRAWS = 3  # one re-initialization swings the top stages' mean by ~0.4
+
+
+def randomization(step, model: Model, params: Params, batch, target, put, replicate, key) -> dict:
+    """Adebayo's cascading randomization of the heat maps of one batch's real images, over
+    RANDOMIZATION_DRAWS re-initializations: {deepest re-initialized stage: {mean, per_draw,
+    pairs, undefined}}, top stage first. mean: over every (draw, image) pair; undefined counts
+    the pairs whose map is constant (an all-zero Grad-CAM), where Spearman is undefined.
+    put / replicate: place a batch / params on the job's mesh."""
+    rows = np.flatnonzero(batch.mask)
+    images, index = put(batch.images), put(batch.index.astype(np.int32))
+    trained = step(params, images, put(np.asarray(target_array(target, len(batch.mask)))), index)
+    fixed = put(np.asarray(trained["target"]))  # the trained model's class for every re-init
+    heat = lambda p: step(replicate(p), images, fixed, index)["heat"]  # noqa: E731
+    draws = [
+        faith.randomization_check(heat, model, params, jax.random.fold_in(key, d))
+        for d in range(RANDOMIZATION_DRAWS)
+    ]
+    report = {}
+    for stage in draws[0]:
+        c = np.stack([d[stage][rows] for d in draws])  # [draws, images]
+        ok = np.isfinite(c)
+        per_draw = [float(r[k].mean()) if k.any() else None for r, k in zip(c, ok, strict=True)]
+        report[stage] = {
+            "mean": float(c[ok].mean()) if ok.any() else None,
+            "per_draw": per_draw,
+            "pairs": int(ok.sum()),
+            "undefined": int((~ok).sum()),
+        }
+    return report
 
 
 def write_item(
