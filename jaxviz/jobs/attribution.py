@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         if first is not None:
             maps_only = argparse.Namespace(**{**vars(args), "faithfulness": False})
             out.results["randomization"] = randomization(
-                make_step(maps_only, model, chunk),
+                make_step(maps_only, model, chunk) if args.faithfulness else step,
                 model,
                 params,
                 first,
@@ -305,7 +305,9 @@ def randomization(step, model: Model, params: Params, batch, target, put, replic
     fixed = put(np.asarray(trained["target"]))  # the trained model's class for every re-init
     heat = lambda p: step(replicate(p), images, fixed, index)["heat"]  # noqa: E731
     draws = [
-        faith.randomization_check(heat, model, params, jax.random.fold_in(key, d))
+        faith.randomization_check(
+            heat, model, params, jax.random.fold_in(key, d), reference=trained["heat"]
+        )
         for d in range(RANDOMIZATION_DRAWS)
     ]
     report = {}

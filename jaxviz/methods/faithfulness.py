@@ -134,13 +134,15 @@ def randomization_check(
     params: Params,
     key: jax.Array,
     absolute: bool = True,
+    reference: jax.Array | None = None,
 ) -> dict[str, np.ndarray]:
     """Spearman correlation between maps of the trained model and of each cascading
     randomization. attribute: params -> maps [B, ...] (the same images each call; jit it so the
     randomized params reuse one compilation). absolute: rank |maps| (Adebayo report both).
+    reference: attribute(params), when the caller has it already.
     Returns {deepest randomized stage: [B] float32 correlations}, top stage first."""
     prep = jnp.abs if absolute else (lambda m: m)
-    ref = prep(attribute(params))
+    ref = prep(attribute(params) if reference is None else reference)
     return {
         name: np.asarray(spearman(ref, prep(attribute(p))))
         for name, p in cascade(model, params, key)
