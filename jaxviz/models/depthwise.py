@@ -23,9 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxviz.models import windows
-from jaxviz.models.geometry import Pair
+from jaxviz.models.geometry import Padding, Pair
 
-Padding = tuple[Pair, Pair]  # ((top, bottom), (left, right))
 Impl = Literal["grouped", "shift"]
 
 

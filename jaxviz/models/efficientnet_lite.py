@@ -36,8 +36,8 @@ import jax
 from jaxviz.models import ops
 from jaxviz.models.conv import Conv
 from jaxviz.models.convert import NameTable, bn_rules, conv_rules, linear_rules, load_converted
-from jaxviz.models.depthwise import DepthwiseConv, Impl, Padding, same_padding
-from jaxviz.models.geometry import IDENTITY, Geometry
+from jaxviz.models.depthwise import DepthwiseConv, Impl, same_padding
+from jaxviz.models.geometry import IDENTITY, Geometry, Padding
 from jaxviz.models.imagenet import imagenet_class_names
 from jaxviz.models.layers import Dense, GlobalAvgPool
 from jaxviz.models.preprocess import Preprocess

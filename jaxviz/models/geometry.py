@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 Pair = tuple[int, int]
+Padding = tuple[Pair, Pair]  # ((top, bottom), (left, right))
 
 
 def _pair(v: int | Pair) -> Pair:

@@ -19,8 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxviz.models import windows
-from jaxviz.models.depthwise import Padding
-from jaxviz.models.geometry import Pair
+from jaxviz.models.geometry import Padding, Pair
 
 
 def _reduce_max(xp: jax.Array, window: Pair, strides: Pair) -> jax.Array:
