@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -69,9 +69,13 @@ def stream(
     on_skip: SkipCallback | None = None,
     workers: int | None = None,
     prefetch: int = 2,
+    indices: Sequence[int] | None = None,
 ) -> Iterator[Batch]:
-    """Yield fixed-shape Batches of this process's share of source[start:stop]."""
-    indices = shard_indices(len(source), start, stop, process_index, process_count)
+    """Yield fixed-shape Batches of this process's share of source[start:stop], or of exactly
+    the source `indices` given, in their order (a job's own sharding; next_index is then
+    meaningless)."""
+    if indices is None:
+        indices = shard_indices(len(source), start, stop, process_index, process_count)
     h, w = preprocess.size
     workers = workers or min(8, os.cpu_count() or 1)
     window = max(batch_size * prefetch, workers)

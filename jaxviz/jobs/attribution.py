@@ -2,12 +2,14 @@
 source. The subcommand (`args.command`) picks the method; one compiled function per job runs a
 whole batch, sharded over local devices.
 
-Per image (stem = 7-digit source index): `npy/STEM.npy` with the raw attribution (saliency:
-[H, W]; guided, ig, smoothgrad: [H, W, C]; gradcam: [h, w] at the layer's resolution) and
-`STEM.png`, the heat map over the image titled with the explained class. The manifest holds a
-per-image summary in items.json, the pointing game on sources with boxes (the shapes set), the
-completeness error for ig, with --faithfulness the deletion/insertion AUCs, and with
---sanity-check Adebayo's model-randomization check on the first batch (results.randomization).
+Outputs (`jobs.items` layout, row i = item i): `maps.zarr` with the raw attributions (saliency:
+[N, H, W]; guided, ig, smoothgrad: [N, H, W, C]; gradcam: [N, h, w] at the layer's resolution),
+`guided.zarr` [N, H, W, C] with gradcam --guided, `items.parquet` (prediction and probability,
+the explained class and its probability, the pointing hit on sources with boxes, IG's
+completeness error and delta, with --faithfulness the deletion/insertion AUCs) and overlays of a
+sample (png/STEM.png, titled with the explained class). The manifest holds the pointing game on
+sources with boxes (the shapes set), statistics of the scalars, and with --sanity-check Adebayo's
+model-randomization check on the first batch (results.randomization).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pyarrow as pa
 
 from jaxviz.data.pipeline import stream
 from jaxviz.data.sources import open_source
@@ -31,8 +34,8 @@ from jaxviz.jobs.common import (
     model_from_args,
 )
 from jaxviz.jobs.occlusion import item_box
+from jaxviz.jobs.items import ItemOutput, add_item_args
 from jaxviz.jobs.output import JobOutput
-from jaxviz.jobs.resume import ItemCheckpoint, add_checkpoint_arg
 from jaxviz.methods import faithfulness as faith
 from jaxviz.methods.gradcam import check_layer, default_layer, gradcam, guided_gradcam, upsample
 from jaxviz.methods.guided_backprop import guided_gradients
@@ -61,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     add_data_args(p)
     add_out_arg(p, f"out/{command}")
-    add_checkpoint_arg(p)
+    add_item_args(p)
     p.add_argument(
         "--target",
         default="pred",
@@ -88,7 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--guided",
             action="store_true",
-            help="also Guided Grad-CAM: guided backprop x upsampled map (npy/guided_STEM.npy)",
+            help="also Guided Grad-CAM: guided backprop x upsampled map (guided.zarr)",
         )
     if command == "ig":
         p.add_argument("--steps", type=int, default=50, help="integration steps (default: 50)")
@@ -154,38 +157,43 @@ def _baseline(model: Model, x: jax.Array, kind: str) -> jax.Array:
 
 def make_step(args: argparse.Namespace, model: Model, chunk: int):
     """The jitted (params, images uint8, target [B], index [B]) -> dict of [B, ...] arrays:
-    `raw` (saved), `heat` [B, H, W] (drawn, pointing game), `target`, `prob`, extras."""
+    `maps` (stored), `heat` [B, H, W] (drawn, pointing game), `target`, `prob`, `prediction`,
+    `prediction_prob`, extras (`guided`, IG's `completeness_error` and `delta`, AUCs)."""
     cmd = args.command
 
     def step(params: Params, images: jax.Array, target: jax.Array, index: jax.Array) -> dict:
         x = model.preprocess.normalize(images)
         logits = forward_fn(model)(params, x)
         t = resolve(logits, target)
-        out = {"target": t, "prob": jax.nn.softmax(logits, -1)[jnp.arange(t.shape[0]), t]}
+        probs = jax.nn.softmax(logits, -1)
+        rows = jnp.arange(t.shape[0])
+        pred = jnp.argmax(logits, -1)
+        out = {"target": t, "prob": probs[rows, t], "prediction": pred}
+        out["prediction_prob"] = probs[rows, pred]
         size = x.shape[1:3]
         if cmd == "saliency":
-            out["raw"] = out["heat"] = saliency(model, params, x, t)
+            out["maps"] = out["heat"] = saliency(model, params, x, t)
         elif cmd == "guided":
-            out["raw"] = guided_gradients(model, params, x, t)
-            out["heat"] = channel_max(out["raw"])
+            out["maps"] = guided_gradients(model, params, x, t)
+            out["heat"] = channel_max(out["maps"])
         elif cmd == "gradcam":
-            out["raw"] = gradcam(model, params, x, t, args.layer)
-            out["heat"] = upsample(out["raw"], size)
+            out["maps"] = gradcam(model, params, x, t, args.layer)
+            out["heat"] = upsample(out["maps"], size)
             if args.guided:
                 out["guided"] = guided_gradcam(model, params, x, t, args.layer)
         elif cmd == "ig":
             base = _baseline(model, x, args.baseline)
             res = integrated_gradients(model, params, x, t, base, args.steps, args.method, chunk)
-            out["raw"], out["heat"] = res.attributions, jnp.abs(res.attributions).sum(-1)
+            out["maps"], out["heat"] = res.attributions, jnp.abs(res.attributions).sum(-1)
             out["completeness_error"] = res.completeness_error
             out["delta"] = res.delta
         else:
             keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(args.noise_seed), index)
             span = x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3))
-            out["raw"] = smoothgrad(
+            out["maps"] = smoothgrad(
                 model, params, x, t, keys, args.noise * span, args.samples, chunk
             )
-            out["heat"] = channel_max(out["raw"])
+            out["heat"] = channel_max(out["maps"])
         if args.faithfulness:
             per = -(-(size[0] * size[1]) // args.faith_steps)
             for mode, sub in (("deletion", jnp.zeros_like(x)), ("insertion", faith.blur(x))):
@@ -196,6 +204,20 @@ def make_step(args: argparse.Namespace, model: Model, chunk: int):
         return out
 
     return jax.jit(step)
+
+
+COLUMNS = {
+    "prediction": pa.int64(),
+    "prediction_prob": pa.float32(),
+    "target": pa.int64(),
+    "prob": pa.float32(),
+    "pointing_hit": pa.bool_(),
+    "completeness_error": pa.float32(),
+    "delta": pa.float32(),
+    "deletion": pa.float32(),
+    "insertion": pa.float32(),
+}
+NOT_CONFIG = ("model", "func", "coordinator", "num_processes", "process_id", "checkpoint_every")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -217,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
     chunk = args.chunk or chunk_for_budget(model, batch_size, model.input_size, args.memory_mb)
     config = {
         **model_config(args),
-        **{k: v for k, v in vars(args).items() if k not in ("model", "func")},
+        **{k: v for k, v in vars(args).items() if k not in NOT_CONFIG},
         "batch_size": batch_size,
         "chunk": chunk,
     }
@@ -227,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
     sharding = batch_sharding(mesh)
     put = functools.partial(jax.device_put, device=sharding)
     n = len(source) if args.limit is None else min(args.limit, len(source))
-    if args.sanity_check:
+    if args.sanity_check and jax.process_index() == 0:
         first = next(stream(source, model.preprocess, batch_size, stop=min(n, batch_size)), None)
         if first is not None:
             maps_only = argparse.Namespace(**{**vars(args), "faithfulness": False})
@@ -241,16 +263,16 @@ def run(args: argparse.Namespace) -> int:
                 functools.partial(jax.device_put, device=replicated(mesh)),
                 jax.random.key(args.seed),
             )
-    initial = {
-        "items": [],
-        "hits": [],
-        "stats": {"completeness_error": [], "deletion": [], "insertion": []},
-    }
-    ck = ItemCheckpoint(out, initial, args.checkpoint_every)
-    state = ck.state
-    with ck, Progress(n, cmd) as bar:
-        bar.update(ck.images_done)
-        for batch in ck.stream(source, model.preprocess, batch_size, stop=n):
+    images = jax.ShapeDtypeStruct((batch_size, *model.input_size, 3), jnp.uint8)
+    vector = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    shapes = jax.eval_shape(step, params, images, vector, vector)
+    stores = {k: shapes[k].shape[1:] for k in ("maps", "guided") if k in shapes}
+    columns = {k: t for k, t in COLUMNS.items() if k in shapes or k == "pointing_hit"}
+    items = ItemOutput(out, source, n, stores, columns, args)
+    what = TITLES[cmd] + (f" @{args.layer}" if cmd == "gradcam" else "")
+    with items, Progress(len(items.indices), cmd) as bar:
+        bar.update(items.done)
+        for batch in items.stream(model.preprocess, batch_size):
             t0 = time.perf_counter()
             res = step(
                 params,
@@ -259,34 +281,37 @@ def run(args: argparse.Namespace) -> int:
                 put(batch.index.astype(np.int32)),
             )
             res = jax.tree.map(np.asarray, res)
-            with ck.commit(batch):
+            with items.commit(batch):
                 out.timing("attribution_s", time.perf_counter() - t0)
                 for row in np.flatnonzero(batch.mask):
                     i = int(batch.index[row])
-                    item = write_item(out, args, model, batch.images[row], i, res, row)
-                    item["id"] = source.info(i).id
+                    item = {k: res[k][row].item() for k in columns if k in res}
                     box = item_box(source, i, model)
                     if box is not None:
                         item["pointing_hit"] = pointing_hit(
                             res["heat"][row], box, args.pointing_tolerance
                         )
-                        state["hits"].append(item["pointing_hit"])
-                    for k, v in state["stats"].items():
-                        if k in res:
-                            v.append(float(res[k][row]))
-                    state["items"].append(item)
-                out.count("images", batch.count)
-            bar.update(batch.count)
-    ck.finish()
-    items, hits, stats = state["items"], state["hits"], state["stats"]
-    out.json("items.json", items)
-    out.results.update(summary(out, hits, stats, args))
-    out.finish()
-    score = out.results["pointing_game"]["score"]
-    print(
-        f"{out.counts.get('images', 0)} images, {len(out.skipped)} skipped, pointing game "
-        f"{'n/a' if score is None else f'{score:.3f}'} -> {args.out}"
-    )
+                    items.add(i, {k: res[k][row] for k in stores}, item)
+                    if items.sample(i):
+                        title = f"{model.class_name(item['target'])} (p={item['prob']:.3f}): {what}"
+                        items.png(
+                            f"{i:07d}",
+                            lambda im=batch.images[row].copy(), h=res["heat"][row], t=title: (
+                                overlay(im, h, t)
+                            ),
+                        )
+            bar.update(items.done - bar.n)
+
+    def complete(table) -> None:
+        out.results.update(summary(out, table, args))
+        out.finish()
+        score = out.results["pointing_game"]["score"]
+        print(
+            f"{out.counts.get('images', 0)} images, {len(out.skipped)} skipped, pointing game "
+            f"{'n/a' if score is None else f'{score:.3f}'} -> {args.out}"
+        )
+
+    items.finish(complete)
     return 0
 
 
@@ -324,44 +349,21 @@ def randomization(step, model: Model, params: Params, batch, target, put, replic
     return report
 
 
-def write_item(
-    out: JobOutput,
-    args: argparse.Namespace,
-    model: Model,
-    image: np.ndarray,
-    i: int,
-    res: dict,
-    row: int,
-) -> dict:
-    """Save one image's attribution (+ Guided Grad-CAM) and overlay; its manifest summary."""
-    stem = f"{i:07d}"
-    cls, prob = int(res["target"][row]), float(res["prob"][row])
-    name = model.class_name(cls)
-    out.npy(f"npy/{stem}.npy", res["raw"][row])
-    what = TITLES[args.command] + (f" @{args.layer}" if args.command == "gradcam" else "")
-    out.png(f"{stem}.png", overlay(image, res["heat"][row], f"{name} (p={prob:.3f}): {what}"))
-    item = {"index": i, "target": cls, "class": name, "prob": prob, "npy": f"npy/{stem}.npy"}
-    if "guided" in res:
-        out.npy(f"npy/guided_{stem}.npy", res["guided"][row])
-    for k in ("completeness_error", "delta", "deletion", "insertion"):
-        if k in res:
-            item[k] = float(res[k][row])
-    return item
-
-
-def summary(out: JobOutput, hits: list[bool], stats: dict, args: argparse.Namespace) -> dict:
+def summary(out: JobOutput, table, args: argparse.Namespace) -> dict:
+    """The job's results from its item table: throughput, pointing game, scalar statistics."""
     images = out.counts.get("images", 0)
+    hits = table["pointing_hit"].drop_null().to_numpy(zero_copy_only=False)
     res = {
         "images": images,
         "images_per_s": images / max(out.timings.get("attribution_s", 0.0), 1e-9),
         "pointing_game": {
-            "score": float(np.mean(hits)) if hits else None,
+            "score": float(np.mean(hits)) if len(hits) else None,
             "images_with_box": len(hits),
             "tolerance_px": args.pointing_tolerance,
         },
     }
-    for k, v in stats.items():
-        if v:
-            a = np.asarray(v)
+    for k in {"completeness_error", "deletion", "insertion"} & set(table.column_names):
+        a = table[k].drop_null().to_numpy(zero_copy_only=False)
+        if len(a):
             res[k] = {"mean": float(a.mean()), "median": float(np.median(a)), "max": float(a.max())}
     return res

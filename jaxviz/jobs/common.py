@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from jaxviz.models.stage import Model, Params, cast_params
 from jaxviz.models.zoo import load_model, names
+from jaxviz.runtime.distributed import add_distributed_args, initialize_from
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -34,6 +35,7 @@ def add_model_args(p: argparse.ArgumentParser, default: str = "demo") -> None:
         default="float32",
         help="compute dtype of forward passes (default: float32)",
     )
+    add_distributed_args(p)
 
 
 def add_data_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -69,7 +71,9 @@ def shared_models() -> Iterator[None]:
 
 
 def model_from_args(args: argparse.Namespace) -> tuple[Model, Params]:
-    """The model and its params (cast to --dtype) named by the arguments."""
+    """The model and its params (cast to --dtype) named by the arguments; joins the
+    multi-process run they name first (before anything starts a JAX backend)."""
+    initialize_from(args)
     cache = _SHARED_MODELS.get()
     key = (args.model, args.random_init, args.seed, args.dtype)
     if cache is not None and key in cache:

@@ -1,11 +1,12 @@
 """`jaxviz occlusion`: occlusion maps (Zeiler & Fergus 2014) for every image of a source.
 
-Per image: the raw position grid (npy/grid_ID.npy, [Hp, Wp, T]), the Captum-style pixel map
-(npy/pixels_ID.npy, [H, W, T]) and an overlay PNG per target. The manifest holds a per-image
-summary, the pointing game on sources with boxes (the shapes set; the point is the centre of the
-window with the largest effect, and the pixel map's maximum is scored beside it), and for
-`--method incremental`
-the theoretical FLOP saving and a measured speedup over brute force.
+Outputs (`jobs.items` layout, row i = item i): `grid.zarr` [N, Hp, Wp, T] (the raw position
+grid), `pixels.zarr` [N, H, W, T] (the Captum-style pixel map), `items.parquet` (prediction and
+its probability, targets, base outputs, grid max/min per target, the pointing game's hits on
+sources with boxes: the point is the centre of the window with the largest effect, and the pixel
+map's maximum is scored beside it) and overlay PNGs of a sample (png/STEM.png, one per target).
+The manifest holds the pointing game's score and, for `--method incremental`, the theoretical
+FLOP saving and a measured speedup over brute force.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 
 import jax
 import numpy as np
+import pyarrow as pa
 
 from jaxviz.data.sources import Source, open_source
 from jaxviz.errors import UsageError
@@ -25,12 +27,12 @@ from jaxviz.jobs.common import (
     model_config,
     model_from_args,
 )
+from jaxviz.jobs.items import ItemOutput, add_item_args
 from jaxviz.jobs.output import JobOutput
-from jaxviz.jobs.resume import ItemCheckpoint, add_checkpoint_arg
 from jaxviz.methods import incremental
 from jaxviz.methods.occlusion import OUTPUTS, grid_size, occlusion, positions, window_centre
 from jaxviz.methods.pointing import argmax_2d, point_in_box, pointing_hit, scale_box
-from jaxviz.models.stage import Model
+from jaxviz.models.stage import Model, forward_fn
 from jaxviz.render.heatmap import overlay
 from jaxviz.runtime.progress import Progress
 
@@ -39,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     add_data_args(p)
     add_out_arg(p, "out/occlusion")
-    add_checkpoint_arg(p)
+    add_item_args(p)
     p.add_argument("--window", type=int, default=16, help="patch size in pixels (default: 16)")
     p.add_argument("--stride", type=int, default=4, help="step between patches (default: 4)")
     p.add_argument(
@@ -140,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     config = {
         **model_config(args),
         "data": args.data,
+        "limit": args.limit,
         "window": args.window,
         "stride": args.stride,
         "target": args.target,
@@ -147,138 +150,137 @@ def run(args: argparse.Namespace) -> int:
         "output": args.output,
         "chunk": args.chunk,
         "method": args.method,
+        "png": args.png,
+        "store_dtype": args.store_dtype,
     }
     out = JobOutput(args.out, "occlusion", config)
     out.results["method"] = plan.summary()
     evaluator = plan.evaluator
-    initial = {"items": [], "hits": [], "pixel_hits": [], "chunk": None}
-    ck = ItemCheckpoint(out, initial, args.checkpoint_every)
-    state = ck.state
-    with ck, Progress(n, "occlusion") as bar:
-        bar.update(ck.images_done)
-        for batch in ck.stream(source, model.preprocess, args.batch_size, stop=n):
+    t = 1 if targets is None else len(targets)
+    items = ItemOutput(out, source, n, {"grid": (hp, wp, t), "pixels": (*hw, t)}, COLUMNS, args)
+    predict = jax.jit(lambda p, x: jax.nn.softmax(forward_fn(model)(p, x), -1))
+    with items, Progress(len(items.indices), "occlusion") as bar:
+        bar.update(items.done)
+        for batch in items.stream(model.preprocess, args.batch_size):
             t0 = time.perf_counter()
             x = model.preprocess.normalize(batch.images)
-            t = None if targets is None else np.tile(np.asarray(targets), (len(batch.mask), 1))
+            tg = None if targets is None else np.tile(np.asarray(targets), (len(batch.mask), 1))
             res = occlusion(
                 model,
                 params,
                 x,
                 window,
                 stride,
-                targets=t,
+                targets=tg,
                 fill=fill,
                 output=args.output,
                 chunk=args.chunk,
                 evaluator=evaluator,
             )
+            probs = np.asarray(predict(params, x))
             grid, pixels = np.asarray(res.grid), np.asarray(res.pixels)
             tgt, base = np.asarray(res.targets), np.asarray(res.base)
             speedup = None
-            if plan.incremental and "measured_speedup" not in state:
+            if plan.incremental and "measured_speedup" not in items.state:
                 speedup = measure_speedup(model, params, x[:1], window, stride, evaluator)
-            with ck.commit(batch):
+            with items.commit(batch):
                 out.timing("occlusion_s", time.perf_counter() - t0)
-                state["chunk"] = res.chunk
+                items.state["chunk"] = res.chunk
                 if speedup is not None:
-                    state["measured_speedup"] = speedup
+                    items.state["measured_speedup"] = speedup
                 for row in np.flatnonzero(batch.mask):
                     i = int(batch.index[row])
-                    item = write_item(
-                        out,
-                        source,
-                        model,
-                        batch.images[row],
-                        i,
-                        grid[row],
-                        pixels[row],
-                        tgt[row],
-                        base[row],
-                        args.output,
-                    )
-                    box = item_box(source, i, model)
-                    if box is not None:
-                        sign = 1 if args.output == "drop" else -1
-                        top = argmax_2d(sign * grid[row, :, :, 0])
-                        hit = point_in_box(
-                            window_centre(top, hw, window, stride), box, args.pointing_tolerance
-                        )
-                        heat = sign * pixels[row, :, :, 0]
-                        state["hits"].append(hit)
-                        state["pixel_hits"].append(pointing_hit(heat, box, args.pointing_tolerance))
-                        item["pointing_hit"] = hit
-                    state["items"].append(item)
-                out.count("images", batch.count)
-            bar.update(batch.count)
-    ck.finish()
-    hits, pixel_hits = state["hits"], state["pixel_hits"]
-    n_img = out.counts.get("images", 0)
-    out.count("positions", n_img * hp * wp)
-    out.json("items.json", state["items"])
-    out.results.update(
-        {
-            "images": n_img,
-            "grid": [hp, wp],
-            "positions_per_image": hp * wp,
-            "chunk": state["chunk"],
-            "positions_per_s": out.counts.get("positions", 0)
-            / max(out.timings.get("occlusion_s", 0), 1e-9),
-            "pointing_game": {
-                "score": float(np.mean(hits)) if hits else None,
-                "point": "centre of the window with the largest effect (Zeiler & Fergus)",
-                "pixel_map_score": float(np.mean(pixel_hits)) if hits else None,
-                "images_with_box": len(hits),
-                "tolerance_px": args.pointing_tolerance,
-            },
-        }
-    )
-    if "measured_speedup" in state:
-        out.results["method"]["measured_speedup"] = state["measured_speedup"]
-    out.finish()
-    score = out.results["pointing_game"]["score"]
-    print(
-        f"{n_img} images, {len(out.skipped)} skipped, pointing game "
-        f"{'n/a' if score is None else f'{score:.3f}'} -> {args.out}"
-    )
+                    pred = int(probs[row].argmax())
+                    item = {
+                        "prediction": pred,
+                        "prediction_prob": float(probs[row, pred]),
+                        "target": tgt[row].tolist(),
+                        "base": base[row].tolist(),
+                        "grid_max": grid[row].reshape(-1, t).max(0).tolist(),
+                        "grid_min": grid[row].reshape(-1, t).min(0).tolist(),
+                        **pointing(source, model, i, grid[row], pixels[row], args),
+                    }
+                    items.add(i, {"grid": grid[row], "pixels": pixels[row]}, item)
+                    if items.sample(i):
+                        draw_item(items, model, batch.images[row], i, pixels[row], item, args)
+            bar.update(int(items.done) - bar.n)
+
+    def complete(table) -> None:
+        n_img = out.counts.get("images", 0)
+        out.count("positions", n_img * hp * wp)
+        hits = table["pointing_hit"].drop_null().to_numpy(zero_copy_only=False)
+        pixel_hits = table["pixel_pointing_hit"].drop_null().to_numpy(zero_copy_only=False)
+        out.results.update(
+            {
+                "images": n_img,
+                "grid": [hp, wp],
+                "positions_per_image": hp * wp,
+                "chunk": items.state.get("chunk"),
+                "positions_per_s": out.counts.get("positions", 0)
+                / max(out.timings.get("occlusion_s", 0), 1e-9),
+                "pointing_game": {
+                    "score": float(np.mean(hits)) if len(hits) else None,
+                    "point": "centre of the window with the largest effect (Zeiler & Fergus)",
+                    "pixel_map_score": float(np.mean(pixel_hits)) if len(hits) else None,
+                    "images_with_box": len(hits),
+                    "tolerance_px": args.pointing_tolerance,
+                },
+            }
+        )
+        if "measured_speedup" in items.state:
+            out.results["method"]["measured_speedup"] = items.state["measured_speedup"]
+        out.finish()
+        score = out.results["pointing_game"]["score"]
+        print(
+            f"{n_img} images, {len(out.skipped)} skipped, pointing game "
+            f"{'n/a' if score is None else f'{score:.3f}'} -> {args.out}"
+        )
+
+    items.finish(complete)
     return 0
 
 
-def write_item(
-    out: JobOutput,
-    source: Source,
-    model: Model,
-    image: np.ndarray,
-    i: int,
-    grid: np.ndarray,
-    pixels: np.ndarray,
-    tgt: np.ndarray,
-    base: np.ndarray,
-    output: str,
+COLUMNS = {
+    "prediction": pa.int64(),
+    "prediction_prob": pa.float32(),
+    "target": pa.list_(pa.int64()),
+    "base": pa.list_(pa.float32()),
+    "grid_max": pa.list_(pa.float32()),
+    "grid_min": pa.list_(pa.float32()),
+    "pointing_hit": pa.bool_(),
+    "pixel_pointing_hit": pa.bool_(),
+}
+
+
+def pointing(
+    source: Source, model: Model, i: int, grid: np.ndarray, pixels: np.ndarray, args
 ) -> dict:
-    """Save one image's grid, pixel map and overlays; its summary for the manifest."""
-    stem = f"{i:07d}"
-    out.npy(f"npy/grid_{stem}.npy", grid)
-    out.npy(f"npy/pixels_{stem}.npy", pixels)
-    pngs = []
-    for k, cls in enumerate(tgt):
-        name = model.class_name(int(cls))
-        unit = "logit" if output == "logit" else "p"
-        title = f"{name} ({unit}={base[k]:.3f}): occlusion {output}"
-        png = f"{stem}.png" if len(tgt) == 1 else f"{stem}_{name}.png"
-        out.png(png, overlay(image, pixels[:, :, k], title))
-        pngs.append(png)
+    """The pointing game of item i's first target, on sources with boxes (else {})."""
+    box = item_box(source, i, model)
+    if box is None:
+        return {}
+    hw, window, stride = model.input_size, (args.window,) * 2, (args.stride,) * 2
+    sign = 1 if args.output == "drop" else -1
+    top = argmax_2d(sign * grid[:, :, 0])
     return {
-        "index": i,
-        "id": source.info(i).id,
-        "targets": [int(c) for c in tgt],
-        "classes": [model.class_name(int(c)) for c in tgt],
-        "base": [float(b) for b in base],
-        "grid_max": [float(v) for v in grid.reshape(-1, grid.shape[-1]).max(0)],
-        "grid_min": [float(v) for v in grid.reshape(-1, grid.shape[-1]).min(0)],
-        "png": pngs,
-        "grid": f"npy/grid_{stem}.npy",
-        "pixels": f"npy/pixels_{stem}.npy",
+        "pointing_hit": point_in_box(
+            window_centre(top, hw, window, stride), box, args.pointing_tolerance
+        ),
+        "pixel_pointing_hit": pointing_hit(sign * pixels[:, :, 0], box, args.pointing_tolerance),
     }
+
+
+def draw_item(
+    items: ItemOutput, model: Model, image: np.ndarray, i: int, pixels: np.ndarray, item, args
+) -> None:
+    """Overlay PNGs of item i's pixel map, one per target (png/STEM[_CLASS].png)."""
+    unit = "logit" if args.output == "logit" else "p"
+    for k, cls in enumerate(item["target"]):
+        name = model.class_name(int(cls))
+        title = f"{name} ({unit}={item['base'][k]:.3f}): occlusion {args.output}"
+        stem = f"{i:07d}" if len(item["target"]) == 1 else f"{i:07d}_{name}"
+        heat = pixels[:, :, k].copy()
+        items.png(stem, lambda img=image.copy(), h=heat, tt=title: overlay(img, h, tt))
 
 
 def measure_speedup(

@@ -1,5 +1,7 @@
-"""The output contract of every job: `--out` holds manifest.json, .npy arrays, .png pictures and
-an index.html linking them. Every write is atomic (temp file in the same folder, then rename)."""
+"""The output contract of every job: `--out` holds manifest.json, .npy arrays, .png pictures,
+per-item stores and tables (`jobs.items`) and an index.html linking them, plus a `.jaxviz` marker
+naming the job and the layout. Every write is atomic (temp file in the same folder, then rename).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from jaxviz.errors import UsageError
+
+LAYOUT = 2  # 2: per-item results in array stores and a Parquet table (1: a .npy per item)
+MARKER = ".jaxviz"
+MAX_FIGURES = 64  # pictures shown in index.html; the others are linked through their folder
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
     """Call write(file) on a temp file beside `path`, then rename it over `path`."""
@@ -90,28 +97,40 @@ class JobOutput:
 
     Files are named relative to `out`; each saved file is remembered for index.html. Call
     `finish()` at the end: it writes manifest.json (command, config, versions, devices, timings,
-    counts, skipped inputs with reasons, results) and index.html.
+    counts, skipped inputs with reasons, results) and index.html. An `out` written by another
+    job or an older layout is refused (UsageError), never overwritten.
     """
 
     def __init__(self, out: str | os.PathLike, job: str, config: dict[str, Any]):
         self.out = Path(out)
+        if self.out.exists() and not self.out.is_dir():
+            raise UsageError(f"--out {self.out} is a file, not a folder")
+        check_marker(self.out, job)
         self.out.mkdir(parents=True, exist_ok=True)
+        save_json(self.out / MARKER, {"job": job, "layout": LAYOUT})
         self.job = job
         self.config = config
         self.counts: dict[str, int] = {}
         self.skipped: list[dict[str, str]] = []
         self.results: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
-        self.files: list[str] = []
+        self._files: dict[str, None] = {}  # insertion-ordered set
         self._t0 = time.time()
+
+    @property
+    def files(self) -> list[str]:
+        return list(self._files)
 
     def path(self, rel: str) -> Path:
         return self.out / rel
 
     def _record(self, rel: str) -> Path:
-        if rel not in self.files:
-            self.files.append(rel)
+        self._files[rel] = None
         return self.out / rel
+
+    def add_files(self, rels: list[str]) -> None:
+        """Record files written by other means (array stores, tables)."""
+        self._files.update(dict.fromkeys(rels))
 
     def npy(self, rel: str, array: np.ndarray) -> None:
         save_npy(self._record(rel), array)
@@ -153,8 +172,32 @@ class JobOutput:
         return m
 
 
+def check_marker(out: Path, job: str) -> None:
+    """Refuse an `out` holding another job's results or an older layout's."""
+    marker = out / MARKER
+    if marker.is_file():
+        found = json.loads(marker.read_text())
+        if found.get("job") != job:
+            raise UsageError(f"--out {out} holds results of job {found.get('job')!r}, not {job!r}")
+        if found.get("layout") != LAYOUT:
+            raise UsageError(f"--out {out} holds an older output layout; use another --out")
+    elif (out / "manifest.json").is_file():
+        raise UsageError(f"--out {out} holds an older output layout; use another --out")
+
+
+def _entries(files: list[str]) -> list[str]:
+    """Files to link: each array store (a folder of chunks) and the PNG sample's folder once."""
+    seen: dict[str, None] = {}
+    for rel in files:
+        head = rel.split("/", 1)[0]
+        seen[f"{head}/" if head.endswith(".zarr") or head == "png" else rel] = None
+    return list(seen)
+
+
 def write_index(out: Path, title: str, files: list[str], manifest: dict[str, Any]) -> None:
-    """A self-contained index.html: every PNG shown, every other file linked, the manifest below."""
+    """A self-contained index.html: the first MAX_FIGURES PNGs shown, the other files linked
+    (a store as its folder), the manifest below (without its file list, skips cut at 200); its
+    size does not grow with the number of items of a per-item job."""
     parts = [
         f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;margin:2em}img{max-width:100%;"
@@ -162,16 +205,20 @@ def write_index(out: Path, title: str, files: list[str], manifest: dict[str, Any
         "margin:.5em;vertical-align:top}</style>",
         f"<h1>{html.escape(title)}</h1>",
     ]
-    for rel in files:
+    pngs = [rel for rel in files if rel.endswith(".png")]
+    for rel in pngs[:MAX_FIGURES]:
         esc = html.escape(rel)
-        if rel.endswith(".png"):
-            parts.append(
-                f"<figure><img src='{esc}' alt='{esc}'><figcaption>{esc}</figcaption></figure>"
-            )
+        parts.append(
+            f"<figure><img src='{esc}' alt='{esc}'><figcaption>{esc}</figcaption></figure>"
+        )
+    shown = set(pngs[:MAX_FIGURES])
+    links = _entries([f for f in files if f not in shown])
     parts.append("<h2>Files</h2><ul>")
-    parts += [f"<li><a href='{html.escape(r)}'>{html.escape(r)}</a></li>" for r in files]
+    parts += [f"<li><a href='{html.escape(r)}'>{html.escape(r)}</a></li>" for r in links]
+    brief = {k: v for k, v in manifest.items() if k != "files"}
+    brief["skipped"] = manifest.get("skipped", [])[:200]
     parts.append("</ul><h2>Manifest</h2><pre>")
-    parts.append(html.escape(json.dumps(manifest, indent=2, default=_json_default)))
+    parts.append(html.escape(json.dumps(brief, indent=2, default=_json_default)))
     parts.append("</pre>")
     data = "\n".join(parts).encode()
     atomic_write(out / "index.html", lambda f: f.write(data))

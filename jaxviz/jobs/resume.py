@@ -1,36 +1,28 @@
-"""Mid-job resume for jobs that write outputs image by image (occlusion, attribution).
+"""Mid-job resume of per-item jobs (occlusion, attribution, invert, dream, see `jobs.items`).
 
-A scan job keeps its state in consumers (`jobs.scan`); these jobs keep theirs on the host: a
-JSON-able dict of per-image summaries (items, pointing hits, metric lists) next to the files
-they write. `ItemCheckpoint` saves that dict, the next source index, the job's counts, timings,
-file list and skipped inputs with orbax every few batches and on interrupt, under
-`--out/.item-checkpoint`. A rerun with the same `--out` and config continues after the last
-saved batch; images processed after it are processed again and their files rewritten with the
-same content, so the final outputs equal an uninterrupted run. A different config starts over.
+The progress of a run lives in `--out/.progress`: `job.json` (the run's signature: the job's
+config, the item count, the chunk rows and the process count) and one small `pK.json` per
+process (how many of its items are done, its counts, timings and job state). Each is a few
+hundred bytes rewritten atomically at a checkpoint: nothing saved before is rewritten, whatever
+the number of items. The rows themselves are in the stores and table parts, written in whole
+chunk blocks, so replaying the items after the last checkpoint rewrites the same bytes.
 
-    ck = ItemCheckpoint(out, initial={"items": []})  # ck.state: restored, else initial
-    with ck:                                  # saves on Ctrl-C / SIGTERM, then re-raises
-        for batch in ck.stream(source, preprocess, batch_size, stop=n):
-            result = compute(batch)           # interruptible
-            with ck.commit(batch):            # signals deferred; batch marked done at exit
-                ck.state["items"] += ...
-    ck.finish()                               # skipped inputs into `out`; checkpoint removed
+A rerun with the same signature continues where each process stopped; another config starts
+over; another process count is refused (the items are split by process).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-from collections.abc import Iterator
+import shutil
+from pathlib import Path
 from typing import Any
 
-from jaxviz.data.pipeline import Batch, stream
-from jaxviz.data.sources import Source
-from jaxviz.jobs.output import JobOutput, _json_default
-from jaxviz.jobs.scan import ScanCheckpoint
-from jaxviz.models.preprocess import Preprocess
-from jaxviz.runtime.signals import deferred_interrupts
+from jaxviz.errors import UsageError
+from jaxviz.jobs.output import _json_default, save_json
+
+PROGRESS = ".progress"
 
 
 def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
@@ -44,74 +36,51 @@ def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-class ItemCheckpoint:
-    """The resumable progress of one per-image job writing into `out` (see the module doc)."""
+def signature(config: dict, **run: Any) -> dict:
+    """What a resumed run must share with the one it continues (JSON-able)."""
+    return json.loads(json.dumps({"config": config, **run}, sort_keys=True, default=_json_default))
 
-    def __init__(self, out: JobOutput, initial: dict[str, Any], every: int = 10):
-        signature = json.dumps(out.config, sort_keys=True, default=_json_default)
-        self._ckpt = ScanCheckpoint(out.path(".item-checkpoint"), signature, every)
-        self.out, self.every = out, every
-        restored = self._ckpt.restore()
-        meta = restored["meta"] if restored else {}
-        self.state: dict[str, Any] = meta.get("state", initial)
-        self.next_index: int = meta.get("next_index", 0)
-        self._skips: list[tuple[int, str, str]] = [tuple(s) for s in meta.get("skips", [])]
-        self._batches = 0
-        if restored:
-            out.counts.update(meta["counts"])
-            out.timings.update(meta["timings"])
-            out.files[:] = meta["files"]
-            out.results["resumed_at_index"] = self.next_index
 
-    @property
-    def images_done(self) -> int:
-        return self.out.counts.get("images", 0)
+class ProgressRecord:
+    """`--out/.progress` of one run (see the module doc)."""
 
-    def stream(
-        self, source: Source, preprocess: Preprocess, batch_size: int, stop: int | None
-    ) -> Iterator[Batch]:
-        """Batches of source[next_index:stop]; skipped inputs are recorded here."""
-        yield from stream(
-            source,
-            preprocess,
-            batch_size,
-            start=self.next_index,
-            stop=stop,
-            on_skip=lambda i, item, reason: self._skips.append((i, str(item), reason)),
-        )
+    def __init__(self, out: Path, sig: dict, process_index: int):
+        self.folder, self.sig, self.me = out / PROGRESS, sig, process_index
 
-    @contextlib.contextmanager
-    def commit(self, batch: Batch) -> Iterator[None]:
-        """Update `self.state` for `batch` inside the block: interrupts wait until it is done; then
-        the batch counts as done and every `every` batches the checkpoint is saved."""
-        with deferred_interrupts():
-            yield
-            self.next_index = batch.next_index
-            self._batches += 1
-            if self._batches % self.every == 0:
-                self._save()
+    def resumable(self) -> bool:
+        """True when `--out` holds an unfinished run of this signature. Raises UsageError when
+        it holds the same run with another process count."""
+        path = self.folder / "job.json"
+        if not path.is_file():
+            return False
+        found = json.loads(path.read_text())
+        theirs = found.get("process_count")
+        if theirs != self.sig["process_count"] and {**found, "process_count": 0} == {
+            **self.sig,
+            "process_count": 0,
+        }:
+            raise UsageError(
+                f"{self.folder.parent} holds an unfinished run of {theirs} process(es); resume "
+                f"it with {theirs} or use another --out"
+            )
+        return found == self.sig
 
-    def __enter__(self) -> ItemCheckpoint:
-        return self
+    def start(self) -> None:
+        """Forget any earlier progress and record this run's signature (process 0)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        save_json(self.folder / "job.json", self.sig)
 
-    def __exit__(self, kind, value, tb) -> bool:
-        if kind is not None and issubclass(kind, KeyboardInterrupt):
-            self._save()
-        return False
+    def load(self) -> dict | None:
+        """This process's last saved progress, or None."""
+        path = self.folder / f"p{self.me}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
 
-    def _save(self) -> None:
-        meta = {
-            "state": self.state,
-            "next_index": self.next_index,
-            "skips": [s for s in self._skips if s[0] < self.next_index],
-            "counts": self.out.counts,
-            "timings": self.out.timings,
-            "files": self.out.files,
-        }
-        self._ckpt.save(json.loads(json.dumps(meta, default=_json_default)), {})
+    def save(self, progress: dict) -> None:
+        save_json(self.folder / f"p{self.me}.json", progress)
 
-    def finish(self) -> None:
-        """Record the skipped inputs in `out` (source order) and remove the checkpoint."""
-        for _, item, reason in sorted(self._skips):
-            self.out.skip(item, reason)
-        self._ckpt.remove()
+    def everyone(self, count: int) -> list[dict]:
+        """Every process's final progress (process 0, at the end)."""
+        return [json.loads((self.folder / f"p{k}.json").read_text()) for k in range(count)]
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,20 +1,41 @@
 """Heat maps (occlusion, saliency, Grad-CAM...) drawn over their image, with a colour bar and title.
 
-Rendering only: the attribution map is computed elsewhere and passed in. Uses matplotlib's Agg
-canvas (no display needed) and returns the figure as a uint8 array for the PNG writers.
+Rendering only: the attribution map is computed elsewhere and passed in. The colours come from a
+256-entry uint8 lookup table of a matplotlib colormap (built once per name): drawing an overlay
+is array indexing and one blend, no figure per image, so the PNG sample keeps up with the device.
 """
 
 from __future__ import annotations
 
-import matplotlib
+import functools
 
-matplotlib.use("Agg")
+import numpy as np
+from PIL import Image, ImageDraw
 
-import numpy as np  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.cm import ScalarMappable  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+TITLE_PX = 14  # the title line above the picture
+BAR_PX = 10  # the colour bar's width
+LABEL_PX = 44  # room for the bar's labels
+MIN_SIDE = 256  # small images are enlarged (nearest neighbour) to at least this
+
+
+@functools.lru_cache(maxsize=8)
+def colormap_lut(name: str) -> np.ndarray:
+    """[256, 3] uint8: matplotlib colormap `name` sampled at 256 levels."""
+    import matplotlib
+
+    rgba = matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))
+    return (rgba[:, :3] * 255 + 0.5).astype(np.uint8)
+
+
+def _limits(heat: np.ndarray, symmetric: bool) -> tuple[float, float]:
+    finite = heat[np.isfinite(heat)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if symmetric:
+        m = max(abs(lo), abs(hi)) or 1.0
+        return -m, m
+    if hi <= lo:
+        return lo - 0.5, hi + 0.5
+    return lo, hi
 
 
 def overlay(
@@ -25,11 +46,12 @@ def overlay(
     alpha: float = 0.5,
     symmetric: bool = False,
 ) -> np.ndarray:
-    """`heat` [H, W] float32 over `image` [H, W, 3] uint8, with a colour bar and `title`.
+    """`heat` [h, w] float32 over `image` [H, W, 3] uint8, with a colour bar and `title`.
 
-    The heat map is drawn at the image's resolution (nearest neighbour, so small maps stay
-    readable). symmetric: colour limits +-max|heat| (use with a diverging cmap such as "bwr"),
-    otherwise [min, max]. Non-finite values are drawn transparent. Returns [H', W', 3] uint8.
+    The heat map is stretched over the image (nearest neighbour, so small maps stay readable);
+    both are enlarged by an integer factor to at least MIN_SIDE pixels. symmetric: colour limits
+    +-max|heat| (use with a diverging cmap such as "bwr"), otherwise [min, max]. Non-finite values
+    are drawn transparent. Returns [H', W', 3] uint8.
     """
     image = np.asarray(image)
     heat = np.asarray(heat, np.float32)
@@ -37,31 +59,25 @@ def overlay(
         raise ValueError(f"image must be [H, W, 3] uint8, got shape {image.shape}")
     if heat.ndim != 2:
         raise ValueError(f"heat must be [H, W], got shape {heat.shape}")
-    finite = heat[np.isfinite(heat)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if symmetric:
-        m = max(abs(lo), abs(hi)) or 1.0
-        lo, hi = -m, m
-    elif hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
+    lo, hi = _limits(heat, symmetric)
     h, w = image.shape[:2]
-    inches = 4.0
-    fig = Figure(figsize=(inches * 1.25, inches * h / w + 0.5), dpi=max(100, int(w / inches) + 1))
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.imshow(image, interpolation="nearest")
-    norm = Normalize(vmin=lo, vmax=hi)
-    ax.imshow(
-        np.ma.masked_invalid(heat),
-        cmap=cmap,
-        norm=norm,
-        alpha=alpha,
-        extent=(-0.5, w - 0.5, h - 0.5, -0.5),
-        interpolation="nearest",
-    )
-    ax.set_title(title, fontsize=10)
-    ax.set_axis_off()
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    f = max(1, -(-MIN_SIDE // max(h, w)))
+    rows, cols = np.arange(h * f), np.arange(w * f)
+    big = image[(rows // f)[:, None], (cols // f)[None, :]]
+    hm = heat[(rows * heat.shape[0] // (h * f))[:, None], (cols * heat.shape[1] // (w * f))[None]]
+    finite = np.isfinite(hm)
+    level = np.clip((np.where(finite, hm, lo) - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255)
+    colour = colormap_lut(cmap)[level.astype(np.uint8)]
+    a = np.where(finite, np.float32(alpha), np.float32(0))[..., None]
+    blend = (big * (1 - a) + colour * a + 0.5).astype(np.uint8)
+    canvas = np.full((TITLE_PX + h * f, w * f + 4 + BAR_PX + LABEL_PX, 3), 255, np.uint8)
+    canvas[TITLE_PX:, : w * f] = blend
+    bar = colormap_lut(cmap)[np.linspace(255, 0, h * f).astype(np.uint8)]
+    canvas[TITLE_PX:, w * f + 4 : w * f + 4 + BAR_PX] = bar[:, None]
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    draw.text((2, 1), title, fill=(0, 0, 0))
+    x = w * f + 6 + BAR_PX
+    draw.text((x, TITLE_PX), f"{hi:.3g}", fill=(0, 0, 0))
+    draw.text((x, TITLE_PX + h * f - 11), f"{lo:.3g}", fill=(0, 0, 0))
+    return np.asarray(picture)

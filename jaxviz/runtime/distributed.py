@@ -3,6 +3,7 @@ per-process scan states through the shared output folder."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 from pathlib import Path
@@ -13,16 +14,39 @@ import jax
 from jaxviz.errors import UsageError
 
 
+def add_distributed_args(p: argparse.ArgumentParser) -> None:
+    """The options by which every command joins a multi-process run (see `initialize_from`)."""
+    p.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="join a multi-process run (process 0's address); under SLURM with several "
+        "tasks this is detected on its own",
+    )
+    p.add_argument("--num-processes", type=int, default=None, help="with --coordinator")
+    p.add_argument("--process-id", type=int, default=None, help="with --coordinator")
+
+
+def initialize_from(args: argparse.Namespace) -> tuple[int, int]:
+    """`initialize` from a command's parsed options (those of `add_distributed_args`)."""
+    return initialize(
+        getattr(args, "coordinator", None),
+        getattr(args, "num_processes", None),
+        getattr(args, "process_id", None),
+    )
+
+
 def initialize(
     coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
 ) -> tuple[int, int]:
     """Join a multi-process job: explicit coordinator flags, or SLURM's environment (srun with
-    several tasks), else a single process. Returns (process_index, process_count)."""
+    several tasks), else a single process. Returns (process_index, process_count). Calling it
+    again (a sweep's jobs) keeps the run already joined."""
     explicit = coordinator is not None
     slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
     if explicit and (num_processes is None or process_id is None):
         raise UsageError("--coordinator needs --num-processes and --process-id")
-    if explicit or slurm:
+    if (explicit or slurm) and not jax.distributed.is_initialized():
         # CPU devices need a collectives implementation across processes (affects CPU only;
         # asking for the backend here would start it before initialize(), which must be first)
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
