@@ -1,9 +1,9 @@
 """Reading a per-item job's results back: the item table and lazy arrays.
 
-    r = jaxviz.results.open("out/gradcam")
-    r.table                      # pyarrow.Table, a row per item (r.to_pandas() with pandas)
-    r.arrays["maps"]             # tensorstore array [N, ...]: nothing read yet
-    r.read("maps", [3, 17, 42])  # numpy [3, ...]: reads only those rows' chunks
+r = jaxviz.results.open("out/gradcam")
+r.table                      # pyarrow.Table, a row per item (r.to_pandas() with pandas)
+r.arrays["maps"]             # tensorstore array [N, ...]: nothing read yet
+r.read("maps", [3, 17, 42])  # numpy [3, ...]: reads only those rows' chunks
 """
 
 from __future__ import annotations

@@ -89,8 +89,7 @@ class ActivationWriter:
         }
 
     def finish(self) -> dict:
-        for it in self.items:
-            self.out.files += [f for f in (it["npy"], it["png"]) if f not in self.out.files]
+        self.out.add_files([f for it in self.items for f in (it["npy"], it["png"])])
         self.out.json("items.json", self.items)
         return {"images": len(self.items)}
 

@@ -33,8 +33,8 @@ from jaxviz.jobs.common import (
     model_config,
     model_from_args,
 )
-from jaxviz.jobs.occlusion import item_box
 from jaxviz.jobs.items import ItemOutput, add_item_args
+from jaxviz.jobs.occlusion import item_box
 from jaxviz.jobs.output import JobOutput
 from jaxviz.methods import faithfulness as faith
 from jaxviz.methods.gradcam import check_layer, default_layer, gradcam, guided_gradcam, upsample
@@ -294,12 +294,9 @@ def run(args: argparse.Namespace) -> int:
                     items.add(i, {k: res[k][row] for k in stores}, item)
                     if items.sample(i):
                         title = f"{model.class_name(item['target'])} (p={item['prob']:.3f}): {what}"
-                        items.png(
-                            f"{i:07d}",
-                            lambda im=batch.images[row].copy(), h=res["heat"][row], t=title: (
-                                overlay(im, h, t)
-                            ),
-                        )
+                        heat = res["heat"][row]
+                        draw = functools.partial(overlay, batch.images[row].copy(), heat, title)
+                        items.png(f"{i:07d}", draw)
             bar.update(items.done - bar.n)
 
     def complete(table) -> None:
@@ -362,7 +359,9 @@ def summary(out: JobOutput, table, args: argparse.Namespace) -> dict:
             "tolerance_px": args.pointing_tolerance,
         },
     }
-    for k in {"completeness_error", "deletion", "insertion"} & set(table.column_names):
+    for k in [
+        c for c in ("completeness_error", "deletion", "insertion") if c in table.column_names
+    ]:
         a = table[k].drop_null().to_numpy(zero_copy_only=False)
         if len(a):
             res[k] = {"mean": float(a.mean()), "median": float(np.median(a)), "max": float(a.max())}

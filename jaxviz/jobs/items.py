@@ -293,7 +293,10 @@ class ItemOutput:
         atomic_write(self._part_path(self._block), lambda f: pq.write_table(table, f))
 
     def _checkpoint(self) -> None:
+        """Everything up to `position` to disk (PNGs included), then the progress record."""
         self._flush()
+        while self._pngs:
+            self._pngs.popleft().result()
         self.record.save(
             {
                 "position": self.position,
@@ -321,8 +324,6 @@ class ItemOutput:
         self._drain(self.n)
         self.position = len(self.indices)
         self._checkpoint()
-        while self._pngs:
-            self._pngs.popleft().result()
         self._pool.shutdown()
         barrier("items-done")
         if self.me == 0:
@@ -344,12 +345,16 @@ class ItemOutput:
         )
         atomic_write(out.path(TABLE), lambda f: pq.write_table(table, f))
         skipped = table.filter(pc.is_valid(table["skipped"]))
-        for item, reason in zip(skipped["id"].to_pylist(), skipped["skipped"].to_pylist()):
+        for item, reason in zip(
+            skipped["id"].to_pylist(), skipped["skipped"].to_pylist(), strict=True
+        ):
             out.skip(item, reason)
         out.count("skipped", len(skipped))
         for k in self.shapes:
             root = self._store_path(k)
-            out.add_files(sorted(str(p.relative_to(out.out)) for p in root.rglob("*") if p.is_file()))
+            out.add_files(
+                sorted(str(p.relative_to(out.out)) for p in root.rglob("*") if p.is_file())
+            )
         out.add_files([TABLE])
         if out.path(PNG).is_dir():
             out.add_files(sorted(f"{PNG}/{p.name}" for p in out.path(PNG).glob("*.png")))

@@ -12,6 +12,7 @@ FLOP saving and a measured speedup over brute force.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import jax
@@ -279,8 +280,7 @@ def draw_item(
         name = model.class_name(int(cls))
         title = f"{name} ({unit}={item['base'][k]:.3f}): occlusion {args.output}"
         stem = f"{i:07d}" if len(item["target"]) == 1 else f"{i:07d}_{name}"
-        heat = pixels[:, :, k].copy()
-        items.png(stem, lambda img=image.copy(), h=heat, tt=title: overlay(img, h, tt))
+        items.png(stem, functools.partial(overlay, image.copy(), pixels[:, :, k].copy(), title))
 
 
 def measure_speedup(

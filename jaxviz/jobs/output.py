@@ -26,6 +26,7 @@ LAYOUT = 2  # 2: per-item results in array stores and a Parquet table (1: a .npy
 MARKER = ".jaxviz"
 MAX_FIGURES = 64  # pictures shown in index.html; the others are linked through their folder
 
+
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
     """Call write(file) on a temp file beside `path`, then rename it over `path`."""
     path = Path(path)

@@ -26,7 +26,10 @@ from jaxviz.jobs.output import save_json
 from jaxviz.jobs.scan import run_scan_jobs
 from jaxviz.jobs.study import SWEEP_JOBS, Job, Study, default_study_text, load_study
 from jaxviz.render.report import write_study_report
-from jaxviz.runtime.distributed import barrier, initialize
+from jaxviz.runtime.distributed import add_distributed_args, barrier, initialize_from
+
+# jobs that split their items over every process of a run (jobs.items); scan jobs do too
+PER_ITEM = ("occlusion", "saliency", "guided", "gradcam", "ig", "smoothgrad", "invert", "dream")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,15 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="save the streaming state every N batches (default: 20)",
     )
-    p.add_argument(
-        "--coordinator",
-        default=None,
-        metavar="HOST:PORT",
-        help="join a multi-process run (process 0's address); under SLURM with several "
-        "tasks this is detected on its own",
-    )
-    p.add_argument("--num-processes", type=int, default=None, help="with --coordinator")
-    p.add_argument("--process-id", type=int, default=None, help="with --coordinator")
+    add_distributed_args(p)
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -67,17 +62,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 class EventLog:
-    """JSON lines appended to --out/events.jsonl (one per event, flushed at once); only
-    process 0 of a multi-process run writes."""
+    """JSON lines appended to --out/events.jsonl (one per event, flushed at once); every
+    process of a run appends its own, with its `process` index."""
 
-    def __init__(self, path: Path, enabled: bool = True):
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, process: int = 0):
+        self.path, self.process = path, process
 
     def __call__(self, event: str, **fields) -> None:
-        if not self.enabled:
-            return
+        line = {"time": time.time(), "event": event, "process": self.process, **fields}
         with open(self.path, "a") as f:
-            f.write(json.dumps({"time": time.time(), "event": event, **fields}) + "\n")
+            f.write(json.dumps(line) + "\n")
 
 
 def _module(job: Job):
@@ -157,13 +151,15 @@ def _run_unit(unit: list[Job], checkpoint_every: int) -> None:
     )
 
 
-def _is_scan(unit: list[Job]) -> bool:
-    return hasattr(_module(unit[0]), "prepare")
+def _everywhere(unit: list[Job]) -> bool:
+    """Whether every process runs the unit (it splits its items), not process 0 alone."""
+    return hasattr(_module(unit[0]), "prepare") or unit[0].command in PER_ITEM
 
 
 def run_study(study: Study, out: Path, restart: bool, checkpoint_every: int = 20) -> int:
     """Run (or resume) a study. With several processes every process takes part in the
-    dataset scans; process 0 alone runs the other jobs and writes state, events and report."""
+    dataset scans and per-item jobs, each on its share of the items; process 0 alone runs the
+    whole-job jobs (filters, t-SNE, neighbours, classviz) and writes state and report."""
     lead = jax.process_index() == 0
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "sweep.json"
@@ -178,7 +174,7 @@ def run_study(study: Study, out: Path, restart: bool, checkpoint_every: int = 20
     barrier("sweep-start")  # every process has read the same state
     if lead:
         (out / "study.toml").write_text(study.text)
-    log = EventLog(out / "events.jsonl", enabled=lead)
+    log = EventLog(out / "events.jsonl", jax.process_index())
     log("sweep_start", study=study.name, digest=study.digest, resumed=bool(state["done"]))
 
     t0 = time.time()
@@ -189,7 +185,7 @@ def run_study(study: Study, out: Path, restart: bool, checkpoint_every: int = 20
                 for j in unit:
                     if j not in todo:
                         log("job_skipped", job=j.key, reason="done in an earlier run")
-                if not todo or not (lead or _is_scan(todo)):
+                if not todo or not (lead or _everywhere(todo)):
                     continue
                 keys = [j.key for j in todo]
                 log("job_start", jobs=keys)
@@ -248,7 +244,7 @@ def _print_summary(summary: list[dict], state: dict, out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    initialize(args.coordinator, args.num_processes, args.process_id)
+    initialize_from(args)
     if args.study:
         path = Path(args.study)
         if not path.is_file():

@@ -6,10 +6,10 @@ runs a whole batch (classes for classviz, images for invert and dream), sharded 
 - classviz: per class `CLASS_NAME.png` (upscaled x4), `grid.png` captioned with each class's name
   and the model's probability of it, `images.npy` [N, H, W, 3] float32 in [0, 1]; results list the
   probabilities.
-- invert / dream: per image (stem = 7-digit source index) `STEM.png` (the input beside the result)
-  and `npy/STEM.npy` ([H, W, 3] float32 in [0, 1]); items.json holds per image the relative
-  feature distance (invert; "before" is that of the plain mean-colour image) or the layer energy
-  0.5 ||a||^2 (dream) before and after.
+- invert / dream (`jobs.items` layout, row i = item i): `images.zarr` [N, H, W, 3] (the results
+  in [0, 1]), `items.parquet` with per item the relative feature distance (invert; "before" is
+  that of the plain mean-colour image) or the layer energy 0.5 ||a||^2 (dream) before and after,
+  and for a sample png/STEM.png (the input beside the result).
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pyarrow as pa
 
-from jaxviz.data.pipeline import stream
 from jaxviz.data.sources import open_source
 from jaxviz.errors import UsageError
+from jaxviz.jobs.attribution import NOT_CONFIG
 from jaxviz.jobs.common import (
     add_data_args,
     add_model_args,
@@ -32,6 +33,7 @@ from jaxviz.jobs.common import (
     model_config,
     model_from_args,
 )
+from jaxviz.jobs.items import ItemOutput, add_item_args
 from jaxviz.jobs.output import JobOutput
 from jaxviz.methods import synthesis as syn
 from jaxviz.methods.targets import parse_target
@@ -85,6 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         )
     else:
         add_data_args(p)
+        add_item_args(p)
         p.add_argument("--layer", required=True, help="stage whose features are used")
     if command == "invert":
         p.add_argument(
@@ -170,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     batch_size = round_up(args.batch_size, mesh.size)
     config = {
         **model_config(args),
-        **{k: v for k, v in vars(args).items() if k not in ("model", "func")},
+        **{k: v for k, v in vars(args).items() if k not in NOT_CONFIG},
         "batch_size": batch_size,
     }
     out = JobOutput(args.out, args.command, config)
@@ -179,11 +182,15 @@ def run(args: argparse.Namespace) -> int:
     put = functools.partial(jax.device_put, device=batch_sharding(mesh))
     if args.command == "classviz":
         _classviz(args, model, params, step, put, out, batch_size)
+        _finish(args, out)
     else:
         _per_image(args, model, params, step, put, out, batch_size)
+    return 0
+
+
+def _finish(args: argparse.Namespace, out: JobOutput) -> None:
     out.finish()
     print(f"{args.command}: {out.counts} -> {args.out}")
-    return 0
 
 
 def _to01(model: Model, x: np.ndarray) -> np.ndarray:
@@ -224,43 +231,40 @@ def _classviz(args, model, params, step, put, out: JobOutput, batch_size: int) -
 def _per_image(args, model, params, step, put, out: JobOutput, batch_size: int) -> None:
     source = open_source(args.data)
     n = len(source) if args.limit is None else min(args.limit, len(source))
-    items = []
-    batches = stream(
-        source, model.preprocess, batch_size, stop=n, on_skip=lambda i, item, r: out.skip(item, r)
-    )
-    with Progress(n, args.command) as bar:
-        for batch in batches:
+    columns = {"before": pa.float32(), "after": pa.float32()}
+    items = ItemOutput(out, source, n, {"images": (*model.input_size, 3)}, columns, args)
+    with items, Progress(len(items.indices), args.command) as bar:
+        bar.update(items.done)
+        for batch in items.stream(model.preprocess, batch_size):
             t0 = time.perf_counter()
             res = jax.tree.map(np.asarray, step(params, put(batch.images)))
-            out.timing("synthesis_s", time.perf_counter() - t0)
             result = _to01(model, res["x"])
-            for row in np.flatnonzero(batch.mask):
-                i = int(batch.index[row])
-                stem = f"{i:07d}"
-                out.npy(f"npy/{stem}.npy", result[row])
-                pair = np.concatenate([batch.images[row] / 255.0, result[row]], axis=1)
-                out.png(f"{stem}.png", (upscale(pair, 2) * 255 + 0.5).astype(np.uint8))
-                items.append(
-                    {
-                        "index": i,
-                        "id": source.info(i).id,
-                        "before": float(res["before"][row]),
-                        "after": float(res["after"][row]),
-                        "npy": f"npy/{stem}.npy",
-                    }
-                )
-            out.count("images", batch.count)
-            bar.update(batch.count)
-    out.json("items.json", items)
-    if items:
-        before = np.asarray([it["before"] for it in items])
-        after = np.asarray([it["after"] for it in items])
-        if args.command == "invert":
-            what, ratio = "feature_distance", ("median_reduction", before / after)
-        else:
-            what, ratio = "layer_energy", ("median_gain", after / before)
-        out.results[what] = {
-            "before_mean": float(before.mean()),
-            "after_mean": float(after.mean()),
-            ratio[0]: float(np.median(ratio[1])),
-        }
+            with items.commit(batch):
+                out.timing("synthesis_s", time.perf_counter() - t0)
+                for row in np.flatnonzero(batch.mask):
+                    i = int(batch.index[row])
+                    scores = {k: float(res[k][row]) for k in columns}
+                    items.add(i, {"images": result[row]}, scores)
+                    if items.sample(i):
+                        pair = np.concatenate([batch.images[row] / 255.0, result[row]], axis=1)
+                        items.png(
+                            f"{i:07d}", lambda p=pair: (upscale(p, 2) * 255 + 0.5).astype(np.uint8)
+                        )
+            bar.update(items.done - bar.n)
+
+    def complete(table) -> None:
+        before = table["before"].drop_null().to_numpy(zero_copy_only=False)
+        after = table["after"].drop_null().to_numpy(zero_copy_only=False)
+        if len(before):
+            if args.command == "invert":
+                what, ratio = "feature_distance", ("median_reduction", before / after)
+            else:
+                what, ratio = "layer_energy", ("median_gain", after / before)
+            out.results[what] = {
+                "before_mean": float(before.mean()),
+                "after_mean": float(after.mean()),
+                ratio[0]: float(np.median(ratio[1])),
+            }
+        _finish(args, out)
+
+    items.finish(complete)
