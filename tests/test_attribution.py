@@ -276,6 +276,7 @@ def test_sharded_over_four_devices_equals_one(setup):
 
 
 def test_cli_jobs_write_maps_equal_to_the_methods(demo_random, tmp_path):
+    from jaxviz import results
     from jaxviz.cli import main
     from jaxviz.data.shapes import ShapesSet
 
@@ -295,14 +296,18 @@ def test_cli_jobs_write_maps_equal_to_the_methods(demo_random, tmp_path):
         m = json.loads((tmp_path / name / "manifest.json").read_text())
         assert m["counts"]["images"] == 5 and m["skipped"] == []
         assert m["results"]["pointing_game"]["images_with_box"] == 5
-        assert (tmp_path / name / "0000004.png").is_file()
-        for i in range(5):
-            close(np.load(tmp_path / name / "npy" / f"{i:07d}.npy"), ref[i], 1e-5)
-    items = json.loads((tmp_path / "i" / "items.json").read_text())
+        assert (tmp_path / name / "png" / "0000004.png").is_file()
+        r = results.open(tmp_path / name)
+        close(r.read("maps", range(5)), ref, 1e-5)
+        assert r.table["index"].to_pylist() == list(range(5))
+        logits = forward(model, params, x)[0]
+        assert r.table["prediction"].to_pylist() == np.argmax(logits, -1).tolist()
+        assert r.table["target"].to_pylist() == np.argmax(logits, -1).tolist()
+    table = results.open(tmp_path / "i").table
     np.testing.assert_allclose(
-        [it["completeness_error"] for it in items], ig.completeness_error, rtol=1e-3, atol=1e-6
+        table["completeness_error"].to_numpy(), ig.completeness_error, rtol=1e-3, atol=1e-6
     )
-    guided = np.load(tmp_path / "g" / "npy" / "guided_0000000.npy")
+    guided = results.open(tmp_path / "g").read("guided", [0])[0]
     close(guided, guided_gradcam(model, params, x[:1], pred[:1], "conv3")[0], 1e-5)
     assert main(["gradcam", *common, "--layer", "fc", "--out", str(tmp_path / "bad")]) == 2
 

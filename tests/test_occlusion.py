@@ -141,8 +141,10 @@ def test_window_centre_matches_covered_pixels():
     assert window_centre((3, 2), hw, win, st) == (9, 11)  # both cut at the border
 
 
-def test_job_writes_maps_and_pointing(tmp_path):
+def test_job_writes_maps_and_pointing(demo_random, tmp_path):
+    from jaxviz import results
     from jaxviz.cli import main
+    from jaxviz.data.shapes import ShapesSet
 
     out = tmp_path / "occ"
     argv = ["occlusion", "--model", "demo", "--random-init", "--data", "shapes:5:7"]
@@ -151,15 +153,24 @@ def test_job_writes_maps_and_pointing(tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["results"]["images"] == 5 and m["results"]["grid"] == [7, 7]
     assert m["results"]["pointing_game"]["images_with_box"] == 5
-    items = json.loads((out / "items.json").read_text())
-    grid = np.load(out / items[0]["grid"])
-    pixels = np.load(out / items[0]["pixels"])
-    assert grid.shape == (7, 7, 1) and pixels.shape == (64, 64, 1)
-    assert (out / items[0]["png"][0]).exists()
+    r = results.open(out)
+    assert r.arrays["grid"].shape == (5, 7, 7, 1) and r.arrays["pixels"].shape == (5, 64, 64, 1)
+    assert (out / "png" / "0000004.png").exists()
+    # the stores and table hold what the method computes
+    model, params = demo_random
+    images = np.stack([ShapesSet(5, seed=7).sample(i)[0] for i in range(5)])
+    ref = occlusion(model, params, model.preprocess.normalize(images), 16, 8)
+    np.testing.assert_allclose(r.read("grid", range(5)), ref.grid, atol=1e-6)
+    np.testing.assert_allclose(r.read("pixels", [4, 0]), np.asarray(ref.pixels)[[4, 0]], atol=1e-6)
+    assert r.table["target"].to_pylist() == np.asarray(ref.targets).tolist()
+    np.testing.assert_allclose(r.table["base"].to_pylist(), ref.base, rtol=1e-5)
+    hits = r.table["pointing_hit"].to_pylist()
+    assert np.mean(hits) == m["results"]["pointing_game"]["score"]
     assert main([*argv, "--target", "nonsense", "--out", str(out)]) == 2
 
 
 def test_job_incremental_matches_full_and_records_the_saving(tmp_path):
+    from jaxviz import results
     from jaxviz.cli import main
 
     argv = ["occlusion", "--model", "demo", "--random-init", "--data", "shapes:3:7"]
@@ -170,7 +181,6 @@ def test_job_incremental_matches_full_and_records_the_saving(tmp_path):
         assert main([*argv, "--method", method, "--out", str(out)]) == 0
         m = json.loads((out / "manifest.json").read_text())["results"]["method"]
         assert m["method"] == method
-        items = json.loads((out / "items.json").read_text())
-        grids[method] = np.stack([np.load(out / it["grid"]) for it in items])
+        grids[method] = results.open(out).read("grid", range(3))
     assert m["flop_ratio"] > 1.5 and m["measured_speedup"] > 0
     np.testing.assert_allclose(grids["incremental"], grids["full"], atol=1e-4)

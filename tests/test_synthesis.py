@@ -101,6 +101,7 @@ def test_dream_increases_layer_norm(demo):
 def test_cli_jobs(tmp_path):
     import json
 
+    from jaxviz import results
     from jaxviz.cli import main
 
     args = ["--steps", "2", "--batch-size", "4"]
@@ -114,7 +115,10 @@ def test_cli_jobs(tmp_path):
     data = ["--data", "shapes:3", "--layer", "conv2"]
     for cmd in ("invert", "dream"):
         assert main([cmd, *data, *args, "--out", str(tmp_path / cmd)]) == 0
-        items = json.loads((tmp_path / cmd / "items.json").read_text())
-        assert len(items) == 3 and all(np.isfinite(it["after"]) for it in items)
+        r = results.open(tmp_path / cmd)
+        assert r.table["index"].to_pylist() == [0, 1, 2]
+        assert np.isfinite(r.table["after"].to_numpy()).all()
+        made = r.read("images", [0, 1, 2])
+        assert made.shape == (3, 64, 64, 3) and made.min() >= 0 and made.max() <= 1
     assert main(["invert", "--data", "shapes:3", "--layer", "nope", "--out", str(tmp_path)]) == 2
     assert main(["classviz", "--classes", "11", "--out", str(tmp_path / "bad")]) == 2
