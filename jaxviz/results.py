@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jaxviz.errors import UsageError
-from jaxviz.jobs.items import TABLE, open_store
+from jaxviz.jobs.blocks import TABLE, open_store
 from jaxviz.jobs.output import LAYOUT, MARKER
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxviz import results
 from jaxviz.cli import main
 
 
@@ -55,9 +56,9 @@ def test_activations_on_a_folder_with_bad_files(tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert sorted(s["id"].rsplit("/", 1)[1] for s in m["skipped"]) == ["empty.jpg", "text.png"]
     assert m["counts"]["images"] == 4
-    items = json.loads((out / "items.json").read_text())
-    assert len(items) == 4
-    assert np.load(out / items[0]["npy"]).shape == (16, 16, 64)
+    r = results.open(out)
+    assert r.table.num_rows == 4 and r.arrays["activations"].shape[1:] == (16, 16, 64)
+    assert np.abs(r.read("activations", r.table["index"].to_numpy())).sum(axis=(1, 2, 3)).all()
 
 
 @pytest.mark.parametrize(

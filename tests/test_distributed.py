@@ -1,6 +1,7 @@
 """Results identical for 1 device, 4 devices and 2 processes x 2 devices (jax.distributed on
-127.0.0.1 with gloo CPU collectives): patch mining, channel statistics, activation files, the
-feature store and its k-NN index."""
+127.0.0.1 with gloo CPU collectives): patch mining, channel statistics, activation stores, the
+feature store and its k-NN index, saliency and occlusion stores and tables (every process works
+on those jobs)."""
 
 import json
 import os
@@ -11,6 +12,7 @@ import sys
 import faiss
 import numpy as np
 
+from jaxviz import results
 from jaxviz.index.feature_store import FeatureStore
 
 STUDY = """
@@ -31,6 +33,16 @@ layer = "conv3"
 index = "Flat"
 [part.channels]
 layer = "conv3"
+[part.saliency]
+png = "2"
+rows_per_chunk = 4
+[part.occlusion]
+limit = 6
+window = 32
+stride = 32
+method = "full"
+png = "0"
+rows_per_chunk = 2
 """
 
 EXACT = (
@@ -107,15 +119,15 @@ def test_one_device_four_devices_and_two_processes_agree(tmp_path):
                 rtol=1e-5,
                 atol=1e-6,
             )
-        items = json.loads((other / "activations" / "items.json").read_text())
-        assert [it["index"] for it in items] == list(range(30))
-        for it in items[::7]:
-            np.testing.assert_allclose(
-                np.load(other / "activations" / it["npy"]),
-                np.load(ref / "activations" / it["npy"]),
-                rtol=1e-5,
-                atol=1e-5,
-            )
+        got, want = results.open(other / "activations"), results.open(ref / "activations")
+        assert got.table["index"].to_pylist() == list(range(30))
+        assert got.table == want.table
+        np.testing.assert_allclose(
+            got.read("activations", range(30)),
+            want.read("activations", range(30)),
+            rtol=1e-5,
+            atol=1e-5,
+        )
         m = json.loads((other / "patches" / "manifest.json").read_text())
         assert m["counts"]["images"] == 30
         _same_features(other / "features", ref / "features")
@@ -126,7 +138,20 @@ def test_one_device_four_devices_and_two_processes_agree(tmp_path):
                 rtol=1e-5,
                 atol=1e-6,
             )
+        for job in ("saliency", "occlusion"):
+            got, want = results.open(other / job), results.open(ref / job)
+            for column in ("index", "target", "skipped"):
+                assert got.table[column] == want.table[column]
+            for store, array in want.arrays.items():
+                rows = range(array.shape[0])
+                np.testing.assert_allclose(
+                    got.read(store, rows), want.read(store, rows), rtol=1e-4, atol=1e-6
+                )
     assert not (tmp_path / "p2" / "m" / "features" / ".parts").exists()
+    events = [json.loads(ln) for ln in (tmp_path / "p2" / "events.jsonl").read_text().splitlines()]
+    for job in ("m/saliency", "m/occlusion"):  # every process works on every per-item job
+        starts = [e["process"] for e in events if e["event"] == "job_start" and job in e["jobs"]]
+        assert sorted(starts) == [0, 1]
 
 
 def _same_features(got, ref):

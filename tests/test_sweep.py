@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from jaxviz import results
 from jaxviz.cli import main
 from jaxviz.errors import UsageError
 from jaxviz.jobs.study import load_study
@@ -123,7 +124,9 @@ def _sweep_cmd(study, out):
 
 
 def _arrays(root):
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.npy"))}
+    """Every .npy and store chunk, as bytes."""
+    files = [p for p in sorted(root.rglob("*")) if p.suffix == ".npy" or ".zarr/" in str(p)]
+    return {str(p.relative_to(root)): p.read_bytes() for p in files if p.is_file()}
 
 
 def test_kill_9_at_a_random_batch_then_resume_equals_clean_run(tmp_path):
@@ -148,7 +151,9 @@ def test_kill_9_at_a_random_batch_then_resume_equals_clean_run(tmp_path):
     assert not any(e["event"] == "sweep_done" for e in events), "killed too late to test"
     subprocess.run(_sweep_cmd(study, broken), check=True, capture_output=True, timeout=600)
     a, b = _arrays(clean), _arrays(broken)
-    assert a.keys() == b.keys() and len(a) > 160
+    assert a.keys() == b.keys() and any("activations.zarr/" in k for k in a)
+    tables = [results.open(r / "k" / "activations").table for r in (clean, broken)]
+    assert tables[0] == tables[1] and tables[0].num_rows == 160
     assert [k for k in a if a[k] != b[k]] == []
     m = json.loads((broken / "k" / "activations" / "manifest.json").read_text())
     assert m["counts"]["images"] == 160
@@ -192,5 +197,5 @@ layer = "conv1"
     store = FeatureStore(out / "c" / "features")
     index = np.concatenate([idx for _, idx, _ in store.shards()])
     assert sorted(index.tolist()) == [i for i in range(40) if i not in (7, 31)]
-    items = json.loads((out / "c" / "activations" / "items.json").read_text())
-    assert [it["index"] for it in items] == [i for i in range(40) if i not in (7, 31)]
+    table = results.open(out / "c" / "activations").table
+    assert table["index"].to_pylist() == [i for i in range(40) if i not in (7, 31)]

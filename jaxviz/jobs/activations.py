@@ -1,8 +1,11 @@
-"""`jaxviz activations`: all channels of one stage for each image, as a grid PNG and raw .npy."""
+"""`jaxviz activations`: all channels of one stage for each image: `activations.zarr`
+[N, h, w, C] float32 (or --store-dtype), `items.parquet` (index, id, label) and for a sample
+`png/LAYER_STEM.png`, the input beside every channel (`jobs.blocks` layout)."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 
 import jax
 import numpy as np
@@ -10,6 +13,7 @@ import numpy as np
 from jaxviz.data.pipeline import Batch
 from jaxviz.data.sources import Source, open_source
 from jaxviz.errors import UsageError
+from jaxviz.jobs.blocks import BlockWriter, add_store_args
 from jaxviz.jobs.common import (
     add_data_args,
     add_model_args,
@@ -19,7 +23,7 @@ from jaxviz.jobs.common import (
 )
 from jaxviz.jobs.output import JobOutput
 from jaxviz.jobs.scan import ScanJob
-from jaxviz.models.stage import Model, receptive_fields
+from jaxviz.models.stage import Model, receptive_fields, stage_shapes
 from jaxviz.render.grid import caption, normalize01, tile_grid, upscale
 
 
@@ -40,64 +44,60 @@ def channel_grid(act: np.ndarray, image: np.ndarray, tile_px: int = 48) -> np.nd
 
 
 class ActivationWriter:
-    """Scan consumer: writes each good image's [h, w, C] activations (.npy) and grid (.png)."""
+    """Scan consumer: writes each good image's [h, w, C] activations into `activations.zarr`
+    (row i = item i) and its table row, and a grid PNG for the sample (`jobs.blocks` layout).
+    In a run of several processes each writes its own blocks; process 0 merges the tables."""
 
-    def __init__(self, layer: str, source: Source, model: Model, out: JobOutput):
+    def __init__(self, layer: str, source: Source, model: Model, out: JobOutput, n: int, args):
         self.name, self.taps = "activations", (layer,)
-        self.layer, self.source, self.model, self.out = layer, source, model, out
-        self.items: list[dict] = []
+        self.layer, self.model = layer, model
+        shape = stage_shapes(model)[layer]
+        self.writer = BlockWriter(out, source, n, {"activations": shape}, {}, args)
+        self.writer.open(create=True)
+        self.rows = self.writer.rows  # the scan gives each process whole blocks of these
+        self._last = -1  # last source index written
 
     def reduce(self, taps: dict[str, jax.Array], mask: jax.Array) -> jax.Array:
         return taps[self.layer].astype(np.float32)
 
     def update(self, batch: Batch, result: np.ndarray) -> None:
-        for row in np.flatnonzero(batch.mask):
+        for row in np.flatnonzero(batch.mask & (batch.index > self._last)):
             i = int(batch.index[row])
-            stem = f"{self.layer}_{i:07d}"
-            self.out.npy(f"npy/{stem}.npy", result[row])
-            self.out.png(f"{stem}.png", channel_grid(result[row], batch.images[row]))
-            self.items.append(
-                {
-                    "index": i,
-                    "id": self.source.info(i).id,
-                    "png": f"{stem}.png",
-                    "npy": f"npy/{stem}.npy",
-                }
-            )
+            self.writer.add(i, {"activations": result[row]}, {})
+            if self.writer.sample(i):
+                draw = functools.partial(channel_grid, result[row].copy(), batch.images[row].copy())
+                self.writer.png(f"{self.layer}_{i:07d}", draw)
+            self._last = i
 
     def state(self) -> np.ndarray:
-        """Source indices written so far (their files are on disk)."""
-        return np.asarray([it["index"] for it in self.items], np.int64)
+        """[1] int64: the last source index written (everything so far is flushed first)."""
+        self.writer.flush()
+        return np.asarray([self._last], np.int64)
 
     def load_state(self, state: np.ndarray | None) -> None:
-        self.items = [] if state is None else [self._item(int(i)) for i in state]
+        """Continue after `state`: the rows of the current block come back from the store."""
+        if state is None:
+            return
+        self._last = int(state[0])
+        if (self._last + 1) % self.rows:  # inside one of this process's blocks
+            self.writer.reload(self._last + 1)
 
     def merge(self, state: np.ndarray | None) -> None:
-        """Add the images another process wrote (into the same folder)."""
-        if state is not None:
-            self.items = sorted(
-                self.items + [self._item(int(i)) for i in state], key=lambda it: it["index"]
-            )
-
-    def _item(self, i: int) -> dict:
-        stem = f"{self.layer}_{i:07d}"
-        return {
-            "index": i,
-            "id": self.source.info(i).id,
-            "png": f"{stem}.png",
-            "npy": f"npy/{stem}.npy",
-        }
+        """Nothing to take in: every process wrote its blocks into the shared stores."""
 
     def finish(self) -> dict:
-        self.out.add_files([f for it in self.items for f in (it["npy"], it["png"])])
-        self.out.json("items.json", self.items)
-        return {"images": len(self.items)}
+        self.writer.flush()
+        return {"images": self.writer.merge().num_rows}
+
+    def cleanup(self) -> None:
+        self.writer.close()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--layer", required=True, help="stage to show (see `jaxviz models`)")
     add_data_args(p)
+    add_store_args(p)
     add_out_arg(p, "out/activations")
 
 
@@ -115,9 +115,9 @@ def prepare(args: argparse.Namespace) -> ScanJob:
             f"{model.name}: {', '.join(spatial_layers(model))}"
         )
     source = open_source(args.data)
-    out = JobOutput(
-        args.out, "activations", {**model_config(args), "layer": args.layer, "data": args.data}
-    )
+    n = len(source) if args.limit is None else min(args.limit, len(source))
+    config = {**model_config(args), "layer": args.layer, "data": args.data, "limit": args.limit}
+    out = JobOutput(args.out, "activations", config)
 
     def complete(results: dict) -> None:
         out.results.update(results)
@@ -129,7 +129,7 @@ def prepare(args: argparse.Namespace) -> ScanJob:
         params,
         source,
         out,
-        [ActivationWriter(args.layer, source, model, out)],
+        [ActivationWriter(args.layer, source, model, out, n, args)],
         complete,
         args,
     )

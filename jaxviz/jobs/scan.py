@@ -20,9 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.data.pipeline import Batch, shard_indices, stream
+from jaxviz.data.pipeline import Batch, stream
 from jaxviz.data.sources import Source
 from jaxviz.errors import UsageError
+from jaxviz.jobs.blocks import process_items
 from jaxviz.jobs.common import DTYPES, scan_key
 from jaxviz.jobs.output import JobOutput
 from jaxviz.models.stage import Model, Params, forward
@@ -139,8 +140,8 @@ def scan(
     batch_size is rounded up to a multiple of the local device count. Skipped inputs go to
     `out.skip` (in source order). With a `checkpoint`, the state is saved every few batches
     and on interrupt (KeyboardInterrupt, SIGTERM turned into one), and a rerun resumes from it.
-    With several processes, each streams its share of the data (every process_count-th
-    image), then process 0 merges every consumer's state (`merge`) and returns the results;
+    With several processes, each streams its share of the data (blocks of items, see `rows`
+    below), then process 0 merges every consumer's state (`merge`) and returns the results;
     the others return None. Returns {consumer name: consumer.finish()}.
     """
     if process_count > 1:
@@ -152,7 +153,13 @@ def scan(
     data_sharding = batch_sharding(mesh)
     params = jax.device_put(params, replicated(mesh))
     step = make_step(model, consumers, dtype)
-    total = len(shard_indices(len(source), start, stop, process_index, process_count))
+    # blocks of `rows` items go to process b % P: a consumer writing chunks of `rows` items
+    # (`rows` attribute, a power of two) is each chunk's only writer
+    rows = max((getattr(c, "rows", 1) for c in consumers), default=1)
+    n = len(source) if stop is None else min(stop, len(source))
+    mine = process_items(n, rows, process_index, process_count)
+    mine = mine[mine >= start]
+    total = len(mine)
     skips: list[tuple[int, str, str]] = []
     done = {"batches": 0, "images": 0, "next_index": start}
     restored = checkpoint.restore() if checkpoint else None
@@ -184,7 +191,7 @@ def scan(
                 c.update(batch, result[c.name])
             done["batches"] += 1
             done["images"] += batch.count
-            done["next_index"] = batch.next_index
+            done["next_index"] = int(batch.index[batch.mask].max()) + 1
         bar.update(batch.count)
         if checkpoint and done["batches"] % checkpoint.every == 0:
             save()
@@ -197,10 +204,7 @@ def scan(
                 source,
                 model.preprocess,
                 batch_size,
-                start=done["next_index"],
-                stop=stop,
-                process_index=process_index,
-                process_count=process_count,
+                indices=mine[mine >= done["next_index"]].tolist(),
                 on_skip=skip,
             ):
                 images = jax.device_put(batch.images, data_sharding)

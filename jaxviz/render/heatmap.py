@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 TITLE_PX = 14  # the title line above the picture
 BAR_PX = 10  # the colour bar's width
@@ -25,6 +25,11 @@ def colormap_lut(name: str) -> np.ndarray:
 
     rgba = matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))
     return (rgba[:, :3] * 255 + 0.5).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=1)
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default()
 
 
 def _limits(heat: np.ndarray, symmetric: bool) -> tuple[float, float]:
@@ -76,8 +81,8 @@ def overlay(
     canvas[TITLE_PX:, w * f + 4 : w * f + 4 + BAR_PX] = bar[:, None]
     picture = Image.fromarray(canvas)
     draw = ImageDraw.Draw(picture)
-    draw.text((2, 1), title, fill=(0, 0, 0))
-    x = w * f + 6 + BAR_PX
-    draw.text((x, TITLE_PX), f"{hi:.3g}", fill=(0, 0, 0))
-    draw.text((x, TITLE_PX + h * f - 11), f"{lo:.3g}", fill=(0, 0, 0))
+    font, x = _font(), w * f + 6 + BAR_PX
+    draw.text((2, 1), title, fill=(0, 0, 0), font=font)
+    draw.text((x, TITLE_PX), f"{hi:.3g}", fill=(0, 0, 0), font=font)
+    draw.text((x, TITLE_PX + h * f - 11), f"{lo:.3g}", fill=(0, 0, 0), font=font)
     return np.asarray(picture)
