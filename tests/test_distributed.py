@@ -29,6 +29,7 @@ channels = "0-7"
 top = 3
 [part.activations]
 layer = "conv3"
+rows_per_chunk = 4
 [part.features]
 index = "Flat"
 [part.channels]
