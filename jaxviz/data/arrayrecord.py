@@ -16,7 +16,7 @@ from PIL import Image
 
 from jaxviz.data.decode import BadInput, Size, decode_bytes
 from jaxviz.data.labels import read_class_names
-from jaxviz.data.sources import ItemInfo, Source
+from jaxviz.data.sources import ItemInfo, Source, stored
 
 EXTENSIONS = (".array_record", ".arrayrecord")
 IMAGE_FEATURES = ("image", "image/encoded", "jpg", "jpeg", "png")
@@ -174,10 +174,18 @@ class ArrayRecordSource(Source):
 
     def sample(self, i: int, draft: Size | None = None) -> tuple[Image.Image, int | None]:
         ex = self._example(i)
-        data = _first(ex, IMAGE_FEATURES)
-        if not isinstance(data, bytes):
-            raise BadInput(f"record has no image bytes under {', '.join(IMAGE_FEATURES)}")
-        return decode_bytes(data, draft), self._label(ex)
+        return decode_bytes(_image(ex), draft), self._label(ex)
+
+    def encoded(self, i: int) -> tuple[bytes, str]:
+        data = _image(self._example(i))
+        return stored(data, lambda: decode_bytes(data))
+
+
+def _image(ex: dict[str, Feature]) -> bytes:
+    data = _first(ex, IMAGE_FEATURES)
+    if not isinstance(data, bytes) or not data:
+        raise BadInput(f"record has no image bytes under {', '.join(IMAGE_FEATURES)}")
+    return data
 
 
 def _count(path: str) -> int:

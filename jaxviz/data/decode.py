@@ -84,6 +84,17 @@ def read_file(path: str) -> bytes:
         os.close(fd)
 
 
+def image_format(data: bytes) -> str | None:
+    """'jpg', 'png' or 'webp' from the first bytes of an encoded image, else None."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
 def decode_file(path: str, draft: Size | None = None) -> Image.Image:
     """Open and fully decode `path` as an RGB image; BadInput with the reason if impossible."""
     return decode_bytes(read_file(path), draft)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from jaxviz.data.decode import BadInput, Size, decode_bytes
 from jaxviz.data.labels import LABEL_COLUMNS, parse_labels, read_class_names
-from jaxviz.data.sources import ItemInfo, Source
+from jaxviz.data.sources import ItemInfo, Source, stored
 from jaxviz.errors import UsageError
 
 IMAGE_COLUMNS = ("image", "img", "jpg", "png", "jpeg")
@@ -107,6 +107,13 @@ class ParquetSource(Source):
         return ItemInfo(f"{self.paths[f]}#{row}", label)
 
     def load(self, i: int, draft: Size | None = None) -> Image.Image:
+        return decode_bytes(self._bytes(i), draft)
+
+    def encoded(self, i: int) -> tuple[bytes, str]:
+        data = self._bytes(i)
+        return stored(data, lambda: decode_bytes(data))
+
+    def _bytes(self, i: int) -> bytes:
         import pyarrow.parquet as pq
 
         f, row = self._where(i)
@@ -121,4 +128,4 @@ class ParquetSource(Source):
         data = value.get("bytes") if isinstance(value, dict) else value
         if not data:
             raise BadInput("no image bytes (null)")
-        return decode_bytes(data, draft)
+        return data

@@ -13,14 +13,25 @@ from __future__ import annotations
 
 import abc
 import functools
+import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from jaxviz.data.decode import BadInput, Size, decode_file, from_array, to_rgb
+from jaxviz.data.decode import (
+    BadInput,
+    Size,
+    decode_bytes,
+    decode_file,
+    from_array,
+    image_format,
+    read_file,
+    to_rgb,
+)
 
 IMAGE_EXTENSIONS = {
     ".jpg",
@@ -77,6 +88,26 @@ class Source(abc.ABC):
         """(image, label) of item i, what the pipeline's workers call."""
         return self.load(i, draft), self.info(i).label
 
+    def encoded(self, i: int) -> tuple[bytes, str]:
+        """Item i as encoded bytes and their format ('jpg', 'png', 'webp'): the stored bytes
+        when they are one of those (`jaxviz pack` copies them), else a lossless PNG."""
+        return encode_png(self.load(i))
+
+
+def encode_png(image: Image.Image) -> tuple[bytes, str]:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue(), "png"
+
+
+def stored(data: bytes, decode: Callable[[], Image.Image]) -> tuple[bytes, str]:
+    """Stored image bytes as they are when jpg/png/webp and decodable, else re-encoded."""
+    kind = image_format(data)
+    if kind is None:
+        return encode_png(decode())
+    decode()  # a record that does not decode is refused here, not copied
+    return data, kind
+
 
 class FileSource(Source):
     """Image files. labels: per file (class index into class_names) or None; problems: {item:
@@ -105,6 +136,12 @@ class FileSource(Source):
         if i in self.problems:
             raise BadInput(self.problems[i])
         return decode_file(self.paths[i], draft)
+
+    def encoded(self, i: int) -> tuple[bytes, str]:
+        if i in self.problems:
+            raise BadInput(self.problems[i])
+        data = read_file(self.paths[i])
+        return stored(data, lambda: decode_bytes(data))
 
 
 class ShapesSource(Source):

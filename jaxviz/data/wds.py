@@ -26,7 +26,7 @@ from PIL import Image
 
 from jaxviz.data.decode import BadInput, Size, decode_bytes
 from jaxviz.data.labels import parse_labels, read_class_names
-from jaxviz.data.sources import ItemInfo, Source
+from jaxviz.data.sources import ItemInfo, Source, stored
 from jaxviz.errors import UsageError
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -171,6 +171,13 @@ class TarShardSource(Source):
         return ItemInfo(f"{self.shards[k]}#{key}", label)
 
     def load(self, i: int, draft: Size | None = None) -> Image.Image:
+        return decode_bytes(self._bytes(i), draft)
+
+    def encoded(self, i: int) -> tuple[bytes, str]:
+        data = self._bytes(i)
+        return stored(data, lambda: decode_bytes(data))
+
+    def _bytes(self, i: int) -> bytes:
         if i in self.problems:
             raise BadInput(self.problems[i])
         k, _, (offset, size, _) = self.entries[i]
@@ -183,4 +190,4 @@ class TarShardSource(Source):
         data = f.read(size)
         if len(data) != size:
             raise BadInput(f"member truncated: {len(data)} of {size} bytes")
-        return decode_bytes(data, draft)
+        return data
