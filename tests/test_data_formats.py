@@ -162,8 +162,8 @@ def test_evaluate_maps_class_names_and_skips_unknown_ones(tmp_path):
         (tmp_path / "f" / name).mkdir(parents=True, exist_ok=True)
         src.load(i).save(tmp_path / "f" / name / f"{i:02d}.png")
         lines.append(f"{name}/{i:02d}.png\t{name}")
-    (tmp_path / "f" / "labels.tsv").write_text("\n".join([*lines, "gone.png\tcircle",
-                                                          "circle/00.png\tunicorn"]) + "\n")  # fmt: skip
+    lines += ["gone.png\tcircle", "circle/00.png\tunicorn"]  # a missing file, an unknown class
+    (tmp_path / "f" / "labels.tsv").write_text("\n".join(lines) + "\n")
     res = {}
     for key, spec in (("shapes", "shapes:20:4"), ("folder", str(tmp_path / "f")),
                       ("labels", str(tmp_path / "f" / "labels.tsv"))):  # fmt: skip
