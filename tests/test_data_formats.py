@@ -64,7 +64,11 @@ def formats(tmp_path_factory):
 
 
 def _read(spec, batch_size, **kw):
-    batches = list(stream(open_source(spec), PRE, batch_size, **kw))
+    skipped = []
+    batches = list(
+        stream(open_source(spec), PRE, batch_size, on_skip=lambda *s: skipped.append(s), **kw)
+    )
+    assert skipped == []
     assert all(b.images.shape == (batch_size, 32, 32, 3) for b in batches)
     cat = lambda f: np.concatenate([f(b) for b in batches])  # noqa: E731
     return (

@@ -10,6 +10,7 @@ read whole, after their headers were checked against N.
 
 from __future__ import annotations
 
+import threading
 import zipfile
 from typing import BinaryIO
 
@@ -54,9 +55,13 @@ class _ZipMember:
                     n, m = np.frombuffer(raw.read(4), "<u2")
                 self.offset = info.header_offset + 30 + int(n) + int(m) + self.data_start
         self._z = self._f = self._mmap = None
+        self._lock = threading.Lock()  # one inflating stream, shared by the decoding threads
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_z": None, "_f": None, "_mmap": None}
+        return {**self.__dict__, "_z": None, "_f": None, "_mmap": None, "_lock": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
     @property
     def row_bytes(self) -> int:
@@ -69,11 +74,12 @@ class _ZipMember:
                     self.path, self.dtype, "r", offset=self.offset, shape=self.shape
                 )
             return np.asarray(self._mmap[i])
-        if self._f is None:
-            self._z = zipfile.ZipFile(self.path)
-            self._f = self._z.open(self.name)
-        self._f.seek(self.data_start + i * self.row_bytes)
-        buf = self._f.read(self.row_bytes)
+        with self._lock:
+            if self._f is None:
+                self._z = zipfile.ZipFile(self.path)
+                self._f = self._z.open(self.name)
+            self._f.seek(self.data_start + i * self.row_bytes)
+            buf = self._f.read(self.row_bytes)
         if len(buf) != self.row_bytes:
             raise BadInput(f"array data ends before image {i} (truncated file)")
         return np.frombuffer(buf, self.dtype).reshape(self.shape[1:])

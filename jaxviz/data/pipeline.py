@@ -36,6 +36,7 @@ import numpy as np
 from jaxviz.data.decode import BadInput, Size
 from jaxviz.data.sources import Source
 from jaxviz.data.transform import Transform, draft_target
+from jaxviz.errors import UsageError
 
 SkipCallback = Callable[[int, str, str], None]
 
@@ -266,6 +267,8 @@ def stream(
             raise IndexError(f"indices must lie in [0, {len(source)})")
     n = len(source) if indices is None else len(indices)
     positions = shard_indices(n, start, stop, process_index, process_count)
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {workers}")
     workers = default_workers(len(positions)) if workers is None else int(workers)
     draft = None if exact_decode else draft_target(preprocess)
     decode = _Decode(source, preprocess, draft)

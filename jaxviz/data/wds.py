@@ -20,6 +20,7 @@ import json
 import os
 import re
 import tarfile
+import threading
 from dataclasses import dataclass
 
 from PIL import Image
@@ -157,10 +158,14 @@ class TarShardSource(Source):
         if self.class_names is None:
             self.class_names = read_class_names(os.path.dirname(shards[0]))
         self.labels = labels if any(lab >= 0 for lab in labels) else None
-        self._files: dict[int, object] = {}
+        self._files: dict[int, int] = {}  # open file descriptors, per process
+        self._lock = threading.Lock()
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_files": {}}
+        return {**self.__dict__, "_files": {}, "_lock": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -181,13 +186,13 @@ class TarShardSource(Source):
         if i in self.problems:
             raise BadInput(self.problems[i])
         k, _, (offset, size, _) = self.entries[i]
-        f = self._files.get(k)
-        if f is None:
-            if len(self._files) >= 8:
-                self._files.pop(next(iter(self._files))).close()
-            f = self._files[k] = open(self.shards[k], "rb")  # noqa: SIM115 (kept open)
-        f.seek(offset)
-        data = f.read(size)
+        with self._lock:
+            fd = self._files.get(k)
+            if fd is None:
+                if len(self._files) >= 8:
+                    os.close(self._files.pop(next(iter(self._files))))
+                fd = self._files[k] = os.open(self.shards[k], os.O_RDONLY)
+            data = os.pread(fd, size, offset)  # positional: safe from several threads
         if len(data) != size:
             raise BadInput(f"member truncated: {len(data)} of {size} bytes")
         return data
