@@ -23,20 +23,30 @@ from jaxviz.models.preprocess import Preprocess
 PRE = Preprocess((32, 32), None, (0.5,) * 3, (0.25,) * 3)
 
 
-def _run(argv, timeout=120):
+CHILD = """
+import sys
+from jaxviz.cli import main
+try:
+    code = main(sys.argv[2:])
+finally:  # this process's own peak RSS (ru_maxrss would include the parent's, across exec)
+    with open("/proc/self/status") as f:
+        hwm = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    with open(sys.argv[1], "w") as f:
+        f.write(hwm)
+sys.exit(code)
+"""
+
+
+def _run(argv, tmp_path, timeout=120):
     """(exit code, stderr, wall seconds, peak RSS bytes) of `jaxviz ARGV` in a child."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    hwm = tmp_path / "hwm"
     t = time.monotonic()
-    p = subprocess.Popen([sys.executable, "-m", "jaxviz.cli", *argv], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    try:
-        err = p.stderr.read().decode() if p.stderr else ""
-        _, status, usage = os.wait4(p.pid, 0)
-    finally:
-        if p.poll() is None and p.returncode is None:
-            p.kill()
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, err, time.monotonic() - t, usage.ru_maxrss * 1024
+    cmd = [sys.executable, "-c", CHILD, str(hwm), *argv]
+    p = subprocess.run(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout
+    )
+    return p.returncode, p.stderr.decode(), time.monotonic() - t, int(hwm.read_text()) * 1024
 
 
 def test_hostile_folder_is_listed_not_followed_not_blocking(tmp_path):
@@ -52,8 +62,9 @@ def test_hostile_folder_is_listed_not_followed_not_blocking(tmp_path):
     os.symlink("/dev/zero", data / "zero.jpg")  # a device: endless bytes
     (data / "empty.png").write_bytes(b"")
     out = tmp_path / "out"
-    code, err, wall, rss = _run(["features", "--model", "demo", "--random-init", "--data",
-                                 str(data), "--batch-size", "4", "--out", str(out)])  # fmt: skip
+    argv = ["features", "--model", "demo", "--random-init", "--data", str(data),
+            "--batch-size", "4", "--out", str(out)]  # fmt: skip
+    code, err, wall, rss = _run(argv, tmp_path)
     assert code == 0, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert wall < 90 and rss < 1 << 30, (wall, rss)
