@@ -116,3 +116,52 @@ def test_samples_are_real_photos():
     src = open_source("samples")
     assert "samples:chelsea" in [src.info(i).id for i in range(len(src))]
     assert src.load(0).mode == "RGB" and min(src.load(0).size) >= 256
+
+
+def test_explicit_indices_resume_by_position_and_shard():
+    src = open_source("shapes:20:2")
+    order = [7, 3, 3, 19, 0, 11, 5]
+    full = [b for b in stream(src, PRE, 3, indices=order)]
+    assert np.concatenate([b.index[b.mask] for b in full]).tolist() == order
+    assert [b.next_index for b in full] == [3, 6, 7]  # positions in `order`
+    rest = [b.index[b.mask] for b in stream(src, PRE, 3, indices=order, start=full[0].next_index)]
+    assert np.concatenate(rest).tolist() == order[3:]
+    parts = [
+        np.concatenate([b.index[b.mask] for b in stream(src, PRE, 2, indices=order,
+                                                        process_index=p, process_count=2)])
+        for p in range(2)
+    ]  # fmt: skip
+    assert parts[0].tolist() + parts[1].tolist() == order  # contiguous blocks (grain's split)
+
+
+class Hostile:
+    """Item 5 raises; item 11 kills the worker process that reads it."""
+
+    def __len__(self):
+        return 24
+
+    def __getitem__(self, i):
+        import multiprocessing
+        import os
+        import signal
+
+        if i == 11 and multiprocessing.parent_process() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if i == 5:
+            raise ValueError("bad five")
+        return np.full((8, 8, 3), i, np.uint8), i % 3
+
+
+def test_failures_inside_worker_processes_skip_the_item_only():
+    from jaxviz.data.sources import as_source
+
+    skipped = []
+    batches = list(stream(as_source(Hostile()), PRE, 7, workers=2,
+                          on_skip=lambda *s: skipped.append(s)))  # fmt: skip
+    got = np.concatenate([b.index[b.mask] for b in batches])
+    assert got.tolist() == [i for i in range(24) if i not in (5, 11)]
+    assert [s[0] for s in skipped] == [5, 11]
+    assert "bad five" in skipped[0][2] and "worker process died" in skipped[1][2]
+    images = np.concatenate([b.images[b.mask] for b in batches])
+    np.testing.assert_array_equal(images[:, 0, 0, 0], got)
+    assert batches[-1].next_index == 24

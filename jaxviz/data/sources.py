@@ -1,24 +1,37 @@
 """Data sources: random access to images by index, with ids, labels and boxes where known.
 
-`open_source(spec)` understands: a directory (recursive; ImageFolder labels when every image sits
-in a class subfolder), a text file listing paths, a glob, a `.npy`/`.npz` of uint8 NHWC images
-(`.npz` keys: images, optional labels, boxes), `shapes:N[:SEED]` and `samples`.
+`open_source(spec)` understands every `--data` form (see `formats.py`); this module holds the
+`Source` interface and the simple sources: image files, the synthetic shapes set, the bundled
+sample photos, and any Python sequence (`as_source`).
+
+A source never raises for one bad item at open time: what cannot be used (a missing file, a
+FIFO, a symlink loop, a shard's unreadable tail) becomes an item whose `load` raises `BadInput`
+with the reason, so it is skipped and listed like any other bad record.
 """
 
 from __future__ import annotations
 
 import abc
 import functools
-import glob as globlib
+import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from jaxviz.data.decode import BadInput, decode_file
-from jaxviz.errors import UsageError
+from jaxviz.data.decode import (
+    BadInput,
+    Size,
+    decode_bytes,
+    decode_file,
+    from_array,
+    image_format,
+    read_file,
+    to_rgb,
+)
 
 IMAGE_EXTENSIONS = {
     ".jpg",
@@ -36,7 +49,7 @@ IMAGE_EXTENSIONS = {
 }
 SAMPLES = ("astronaut", "chelsea", "coffee", "rocket")
 
-__all__ = ["BadInput", "ItemInfo", "Source", "open_source"]
+__all__ = ["BadInput", "ItemInfo", "Source", "as_source", "open_source"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +63,12 @@ class ItemInfo:
 
 
 class Source(abc.ABC):
-    """Random access to a dataset. Subclasses set `spec` and `class_names`."""
+    """Random access to a dataset. Subclasses set `spec` and `class_names` (the label names, in
+    label order, when the labels are names).
+
+    Sources are pickled into the pipeline's worker processes: hold paths, not open files (open
+    them lazily, per process).
+    """
 
     spec: str = ""
     class_names: tuple[str, ...] | None = None
@@ -62,73 +80,68 @@ class Source(abc.ABC):
     def info(self, i: int) -> ItemInfo: ...
 
     @abc.abstractmethod
-    def load(self, i: int) -> Image.Image:
-        """The RGB image of item i; raises BadInput when it cannot be used."""
+    def load(self, i: int, draft: Size | None = None) -> Image.Image:
+        """The RGB image of item i; raises BadInput when it cannot be used. `draft`: (width,
+        height) the image must cover; encoded JPEGs may be decoded at a reduced scale to it."""
+
+    def sample(self, i: int, draft: Size | None = None) -> tuple[Image.Image, int | None]:
+        """(image, label) of item i, what the pipeline's workers call."""
+        return self.load(i, draft), self.info(i).label
+
+    def encoded(self, i: int) -> tuple[bytes, str]:
+        """Item i as encoded bytes and their format ('jpg', 'png', 'webp'): the stored bytes
+        when they are one of those (`jaxviz pack` copies them), else a lossless PNG."""
+        return encode_png(self.load(i))
+
+
+def encode_png(image: Image.Image) -> tuple[bytes, str]:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue(), "png"
+
+
+def stored(data: bytes, decode: Callable[[], Image.Image]) -> tuple[bytes, str]:
+    """Stored image bytes as they are when jpg/png/webp and decodable, else re-encoded."""
+    kind = image_format(data)
+    if kind is None:
+        return encode_png(decode())
+    decode()  # a record that does not decode is refused here, not copied
+    return data, kind
 
 
 class FileSource(Source):
-    """Image files; labels from class subfolders when `root` is given and all files have one."""
+    """Image files. labels: per file (class index into class_names) or None; problems: {item:
+    reason} for entries known to be unusable (loading them raises BadInput)."""
 
-    def __init__(self, spec: str, paths: list[str], root: str | None = None):
-        self.spec, self.paths = spec, paths
-        self.labels: list[int] | None = None
-        if root is not None:
-            parts = [Path(os.path.relpath(p, root)).parts for p in paths]
-            if paths and all(len(q) >= 2 for q in parts):
-                names = sorted({q[0] for q in parts})
-                if len(names) >= 2:
-                    self.class_names = tuple(names)
-                    self.labels = [names.index(q[0]) for q in parts]
+    def __init__(
+        self,
+        spec: str,
+        paths: list[str],
+        labels: list[int] | None = None,
+        class_names: tuple[str, ...] | None = None,
+        problems: dict[int, str] | None = None,
+    ):
+        self.spec, self.paths, self.labels = spec, paths, labels
+        self.class_names = class_names
+        self.problems = problems or {}
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def info(self, i: int) -> ItemInfo:
-        return ItemInfo(self.paths[i], None if self.labels is None else self.labels[i])
+        label = None if self.labels is None else self.labels[i]
+        return ItemInfo(self.paths[i], None if label is None or label < 0 else label)
 
-    def load(self, i: int) -> Image.Image:
-        return decode_file(self.paths[i])
+    def load(self, i: int, draft: Size | None = None) -> Image.Image:
+        if i in self.problems:
+            raise BadInput(self.problems[i])
+        return decode_file(self.paths[i], draft)
 
-
-class ArraySource(Source):
-    """uint8 [N, H, W, 3] (or [N, H, W]) images from a .npy (memory-mapped) or .npz file."""
-
-    def __init__(self, spec: str, path: str):
-        self.spec = spec
-        self.labels = self.boxes = None
-        try:
-            if path.endswith(".npz"):
-                f = np.load(path)
-                if "images" not in f.files:
-                    raise UsageError(f"{path}: .npz needs an 'images' array; it has {f.files}")
-                self.images = f["images"]
-                self.labels = f["labels"] if "labels" in f.files else None
-                self.boxes = f["boxes"] if "boxes" in f.files else None
-            else:
-                self.images = np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise UsageError(f"cannot read array file {path}: {e}") from None
-        a = self.images
-        if (
-            a.dtype != np.uint8
-            or a.ndim not in (3, 4)
-            or (a.ndim == 4 and a.shape[-1] not in (1, 3, 4))
-        ):
-            raise UsageError(f"{path}: expected uint8 NHWC images, got {a.dtype} {a.shape}")
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def info(self, i: int) -> ItemInfo:
-        label = None if self.labels is None else int(self.labels[i])
-        box = None if self.boxes is None else tuple(int(v) for v in self.boxes[i])
-        return ItemInfo(f"{self.spec}#{i}", label, box)
-
-    def load(self, i: int) -> Image.Image:
-        a = np.asarray(self.images[i])
-        if a.ndim == 3 and a.shape[-1] == 1:
-            a = a[..., 0]
-        return Image.fromarray(a).convert("RGB")
+    def encoded(self, i: int) -> tuple[bytes, str]:
+        if i in self.problems:
+            raise BadInput(self.problems[i])
+        data = read_file(self.paths[i])
+        return stored(data, lambda: decode_bytes(data))
 
 
 class ShapesSource(Source):
@@ -140,8 +153,14 @@ class ShapesSource(Source):
         self.spec, self.class_names = spec, tuple(CLASS_NAMES)
         self.shapes = ShapesSet(n, seed)
         self.seed = seed
-
         # info(i) and load(i) come in pairs: draw each image once, not twice
+        self._sample = functools.lru_cache(maxsize=4096)(self.shapes.sample)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_sample"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
         self._sample = functools.lru_cache(maxsize=4096)(self.shapes.sample)
 
     def __len__(self) -> int:
@@ -151,8 +170,12 @@ class ShapesSource(Source):
         _, label, box = self._sample(i)
         return ItemInfo(f"shapes:{self.seed}:{i}", int(label), tuple(int(v) for v in box))
 
-    def load(self, i: int) -> Image.Image:
+    def load(self, i: int, draft: Size | None = None) -> Image.Image:
         return Image.fromarray(self._sample(i)[0])
+
+    def sample(self, i: int, draft: Size | None = None) -> tuple[Image.Image, int | None]:
+        image, label, _ = self.shapes.sample(i)
+        return Image.fromarray(image), int(label)
 
 
 class SamplesSource(Source):
@@ -166,74 +189,59 @@ class SamplesSource(Source):
     def info(self, i: int) -> ItemInfo:
         return ItemInfo(f"samples:{SAMPLES[i]}")
 
-    def load(self, i: int) -> Image.Image:
+    def load(self, i: int, draft: Size | None = None) -> Image.Image:
         import skimage.data
 
         return Image.fromarray(getattr(skimage.data, SAMPLES[i])()).convert("RGB")
 
 
-def _files_under(root: str) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        out += [
-            os.path.join(dirpath, f)
-            for f in sorted(filenames)
-            if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
-        ]
-    return out
+class SequenceSource(Source):
+    """Any object with `__len__` and `__getitem__(i)` returning an image (PIL image or uint8
+    [H, W(, C)] array) or an (image, label) pair; ids are `{name}#{i}`."""
+
+    def __init__(self, data: Any, name: str | None = None, class_names=None):
+        self.data, self.spec = data, name or type(data).__name__
+        self.class_names = None if class_names is None else tuple(class_names)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def _get(self, i: int) -> tuple[Any, int | None]:
+        item = self.data[i]
+        if isinstance(item, tuple):
+            if len(item) != 2:
+                raise BadInput(f"item is a tuple of {len(item)}; expected (image, label)")
+            return item[0], None if item[1] is None else int(item[1])
+        return item, None
+
+    def info(self, i: int) -> ItemInfo:
+        return ItemInfo(f"{self.spec}#{i}")
+
+    def load(self, i: int, draft: Size | None = None) -> Image.Image:
+        return self.sample(i, draft)[0]
+
+    def sample(self, i: int, draft: Size | None = None) -> tuple[Image.Image, int | None]:
+        image, label = self._get(i)
+        if isinstance(image, Image.Image):
+            if min(image.size) == 0:
+                raise BadInput(f"zero-size image ({image.size[0]}x{image.size[1]})")
+            return to_rgb(image), label
+        return from_array(np.asarray(image)), label
 
 
-def _parse_shapes(spec: str) -> ShapesSource:
-    parts = spec.split(":")
-    try:
-        if len(parts) not in (2, 3):
-            raise ValueError
-        n = int(parts[1])
-        seed = int(parts[2]) if len(parts) == 3 else 0
-        if n <= 0 or seed < 0:
-            raise ValueError
-    except ValueError:
-        raise UsageError(
-            f"bad shapes spec {spec!r}; expected shapes:N[:SEED] with N > 0, "
-            "e.g. shapes:1000 or shapes:2000:123"
-        ) from None
-    return ShapesSource(spec, n, seed)
+def as_source(data: Any, name: str | None = None) -> Source:
+    """A Source from a `--data` spec string, a Source, or any sized, indexable Python object."""
+    if isinstance(data, Source):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return open_source(os.fspath(data))
+    if hasattr(data, "__len__") and hasattr(data, "__getitem__"):
+        return SequenceSource(data, name, getattr(data, "class_names", None))
+    raise TypeError(f"cannot use a {type(data).__name__} as data: need __len__ and __getitem__")
 
 
 def open_source(spec: str) -> Source:
     """The Source named by a `--data` spec; UsageError for a bad spec or an empty/missing path."""
-    if spec.startswith("shapes:") or spec == "shapes":
-        return _parse_shapes(spec)
-    if spec == "samples":
-        return SamplesSource()
-    if os.path.isdir(spec):
-        paths = _files_under(spec)
-        if not paths:
-            raise UsageError(
-                f"no image files under directory {spec} "
-                f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
-            )
-        return FileSource(spec, paths, root=spec)
-    if spec.endswith((".npy", ".npz")):
-        if not os.path.exists(spec):
-            raise UsageError(f"array file not found: {spec}")
-        return ArraySource(spec, spec)
-    if os.path.isfile(spec) and os.path.splitext(spec)[1].lower() in (".txt", ".lst", ".list"):
-        base = os.path.dirname(spec)
-        with open(spec) as f:
-            lines = [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
-        if not lines:
-            raise UsageError(f"list file {spec} names no paths")
-        return FileSource(spec, [p if os.path.isabs(p) else os.path.join(base, p) for p in lines])
-    if os.path.isfile(spec):
-        return FileSource(spec, [spec])
-    if any(c in spec for c in "*?["):
-        paths = sorted(p for p in globlib.glob(spec, recursive=True) if os.path.isfile(p))
-        if not paths:
-            raise UsageError(f"glob {spec!r} matches no files")
-        return FileSource(spec, paths)
-    raise UsageError(
-        f"--data {spec!r}: no such file or directory; expected a directory, a .txt "
-        "list of paths, a glob, a .npy/.npz array, shapes:N[:SEED] or samples"
-    )
+    from jaxviz.data.formats import open_spec
+
+    return open_spec(spec)

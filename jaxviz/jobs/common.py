@@ -9,6 +9,7 @@ from contextvars import ContextVar
 
 import jax.numpy as jnp
 
+from jaxviz.data.pipeline import AUTO_WORKERS_MIN_ITEMS
 from jaxviz.models.stage import Model, Params, cast_params
 from jaxviz.models.zoo import load_model, names
 from jaxviz.runtime.distributed import add_distributed_args, initialize_from
@@ -43,12 +44,28 @@ def add_data_args(p: argparse.ArgumentParser, default: str | None = None) -> Non
         "--data",
         default=default,
         required=default is None,
-        help="a directory (recursive), a text file of paths, a glob, a .npy/.npz of "
+        help="a directory (recursive; class subfolders are labels), a labels file (.tsv/.csv: "
+        "path, label), WebDataset tar shards ('train-{000000..000127}.tar'), .parquet (Hugging "
+        "Face image layout), .array_record, a text file of paths, a glob, a .npy/.npz of "
         "uint8 NHWC images, shapes:N[:SEED] (synthetic set), or samples"
         + (f" (default: {default})" if default else ""),
     )
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many images")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="decoding processes; 0 decodes in threads of the main process (default: one per "
+        f"available core, or 0 below {AUTO_WORKERS_MIN_ITEMS} images)",
+    )
+    p.add_argument(
+        "--exact-decode",
+        action="store_true",
+        help="decode JPEGs at full size (default: DCT-downscaled while decoding to no less "
+        "than the size the model's preprocessing resizes to, about 2x faster on large photos)",
+    )
 
 
 def add_out_arg(p: argparse.ArgumentParser, default: str) -> None:
@@ -105,4 +122,5 @@ def scan_key(args: argparse.Namespace) -> tuple:
         args.data,
         args.batch_size,
         args.limit,
+        getattr(args, "exact_decode", False),
     )

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz.data.labels import relabel
 from jaxviz.data.pipeline import Batch
 from jaxviz.data.sources import Source, open_source
 from jaxviz.errors import UsageError
@@ -106,22 +107,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_out_arg(p, "out/evaluate")
 
 
-def check_labels(model: Model, source: Source, spec: str) -> None:
-    """UsageError unless the source has labels meant for this model's classes."""
-    if len(source) == 0 or source.info(0).label is None:
+def labelled_source(model: Model, spec: str) -> Source:
+    """The source of `spec` with its labels in the model's class order (named classes are
+    mapped by name, in any order; items of classes the model lacks are skipped); UsageError
+    unless it has labels meant for this model's classes."""
+    source = relabel(open_source(spec), model.class_names)
+    labelled = source.class_names is not None or any(
+        source.info(i).label is not None for i in range(min(len(source), 16))
+    )
+    if len(source) == 0 or not labelled:
         raise UsageError(
             f"--data {spec} has no labels; evaluate needs a labelled source "
-            "(shapes:N[:SEED], class subfolders, or an .npz with a 'labels' array)"
+            "(shapes:N[:SEED], class subfolders, a labels file, or an .npz with a 'labels' array)"
         )
-    if source.class_names and model.class_names and source.class_names != model.class_names:
-        raise UsageError(
-            f"--data {spec} has classes {_names(source.class_names)} but model {model.name} "
-            f"predicts {_names(model.class_names)}; its labels would not match"
-        )
-
-
-def _names(names: tuple[str, ...], most: int = 6) -> str:
-    return ", ".join(names[:most]) + (f", ... ({len(names)} classes)" if len(names) > most else "")
+    return source
 
 
 def prepare(args: argparse.Namespace) -> ScanJob:
@@ -129,8 +128,7 @@ def prepare(args: argparse.Namespace) -> ScanJob:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, params = model_from_args(args)
-    source = open_source(args.data)
-    check_labels(model, source, args.data)
+    source = labelled_source(model, args.data)
     config = {
         **model_config(args),
         "data": args.data,

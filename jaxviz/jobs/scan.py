@@ -134,6 +134,8 @@ def scan(
     process_count: int = 1,
     checkpoint: ScanCheckpoint | None = None,
     desc: str = "scan",
+    workers: int | None = None,
+    exact_decode: bool = False,
 ) -> dict[str, dict] | None:
     """Stream source[start:stop] through the model once; every consumer sees every good image.
 
@@ -142,7 +144,7 @@ def scan(
     and on interrupt (KeyboardInterrupt, SIGTERM turned into one), and a rerun resumes from it.
     With several processes, each streams its share of the data (blocks of items, see `rows`
     below), then process 0 merges every consumer's state (`merge`) and returns the results;
-    the others return None. Returns {consumer name: consumer.finish()}.
+    the others return None. Returns {consumer name: consumer.finish()}. workers and exact_decode go to the input pipeline.
     """
     if process_count > 1:
         lacking = [c.name for c in consumers if not hasattr(c, "merge")]
@@ -206,6 +208,8 @@ def scan(
                 batch_size,
                 indices=mine[mine >= done["next_index"]].tolist(),
                 on_skip=skip,
+                workers=workers,
+                exact_decode=exact_decode,
             ):
                 images = jax.device_put(batch.images, data_sharding)
                 mask = jax.device_put(batch.mask, data_sharding)
@@ -320,6 +324,8 @@ def run_scan_jobs(jobs: Sequence[ScanJob], desc: str = "scan", checkpoint_every:
         process_count=jax.process_count(),
         checkpoint=checkpoint,
         desc=desc,
+        workers=getattr(first.args, "workers", None),
+        exact_decode=getattr(first.args, "exact_decode", False),
     )
     if results is not None:  # else another process writes the outputs
         for j in jobs:
