@@ -3,9 +3,11 @@
 A family module (alexnet, vgg, resnet) writes its table: torch name -> `Rule(dest, kind)` where
 dest is the flat jaxviz name 'stage/collection/module/leaf' and kind the layout change. Anything
 the table does not map, anything it maps that the file lacks, and anything of the wrong shape is
-refused with one message that lists them all (penzai / big_vision style). `*.num_batches_tracked`
-(BatchNorm's training counter) is the only tensor ignored; a DataParallel 'module.' prefix is
-stripped.
+refused with one message that lists them (ten of each kind at most; penzai / big_vision style).
+`*.num_batches_tracked` (BatchNorm's training counter) is the only tensor ignored; a DataParallel
+'module.' prefix is stripped. Only tensors the model expects, in the shape it expects, are read
+from the file (`checkpoint.read_state_dict`'s `expect`), so a file's size claims cannot make
+loading allocate more than the model's own size.
 
 Converted params are cached with orbax under $JAXVIZ_CACHE (default ~/.cache/jaxviz; 'off'
 disables it), keyed by the checkpoint's absolute path, size and mtime, the model name and the name
@@ -24,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict
 
-from jaxviz.models.checkpoint import CheckpointError, read_state_dict
+from jaxviz.models.checkpoint import CheckpointError, data_parallel_prefix, read_state_dict
 from jaxviz.models.params_io import check_matches, flatten, unflatten
 from jaxviz.models.stage import Model, Params, init_params
 
@@ -103,8 +105,8 @@ def from_state_dict(
     Floating tensors become float32. Raises CheckpointError listing every missing, unexpected
     and mis-shaped tensor (by torch name).
     """
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
+    prefix = data_parallel_prefix(state)
+    state = {k[len(prefix) :]: v for k, v in state.items()}
     like = abstract_params(model)
     want = {"/".join(k): v.shape for k, v in flatten_dict(like).items()}
     unmapped = sorted(k for k in state if k not in table and not k.endswith(".num_batches_tracked"))
@@ -114,17 +116,17 @@ def from_state_dict(
         if name not in state:
             continue
         a = np.asarray(state[name])
-        a = a.astype(np.float32, copy=False) if jnp.issubdtype(a.dtype, jnp.floating) else a
         expect = want.get(rule.dest)
         if expect is None:
             raise AssertionError(f"name table of {model.name}: {rule.dest} is not a parameter")
-        if tuple(a.shape) != rule.torch_shape(expect):
+        if tuple(a.shape) != rule.torch_shape(expect):  # before any copy: a may be a placeholder
             misshaped.append(f"{name}: {tuple(a.shape)} != expected {rule.torch_shape(expect)}")
             continue
+        a = a.astype(np.float32, copy=False) if jnp.issubdtype(a.dtype, jnp.floating) else a
         flat[rule.dest] = rule.layout(a)
     if unmapped or missing or misshaped:
         parts = [
-            f"{what} {names}"
+            f"{what} {_some(names)}"
             for what, names in (
                 ("missing", missing),
                 ("unexpected", unmapped),
@@ -135,6 +137,18 @@ def from_state_dict(
         raise CheckpointError(f"{source} does not match model {model.name}: " + "; ".join(parts))
     check_matches(like, flat, f"name table of {model.name}")
     return _with_empty_stages(model, unflatten(flat))
+
+
+def _some(names: list[str], n: int = 10) -> str:
+    """The first n names (each cut to 80 characters) and how many more."""
+    shown = [k if len(k) <= 80 else k[:77] + "..." for k in names[:n]]
+    return f"{shown}" + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def expected_shapes(model: Model, table: NameTable) -> dict[str, tuple[int, ...]]:
+    """{torch name: torch-layout shape} of every tensor `table` maps for `model`."""
+    want = {"/".join(k): v.shape for k, v in flatten_dict(abstract_params(model)).items()}
+    return {n: r.torch_shape(want[r.dest]) for n, r in table.items() if r.dest in want}
 
 
 def _with_empty_stages(model: Model, params: Params) -> Params:
@@ -190,7 +204,9 @@ def load_converted(model: Model, path: str, table: NameTable, cache: bool = True
             return _with_empty_stages(model, restored)
         except Exception as e:  # noqa: BLE001 - any broken cache entry is rebuilt
             log.warning("ignoring unreadable cache entry %s (%s)", target, e)
-    params = from_state_dict(model, read_state_dict(path), table, path)
+    params = from_state_dict(
+        model, read_state_dict(path, expected_shapes(model, table)), table, path
+    )
     if target is not None:
         try:
             os.makedirs(os.path.dirname(target), exist_ok=True)
