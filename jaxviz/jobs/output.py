@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxviz.runtime.lock import lock_out
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
     """Call write(file) on a temp file beside `path`, then rename it over `path`."""
@@ -95,6 +97,7 @@ class JobOutput:
 
     def __init__(self, out: str | os.PathLike, job: str, config: dict[str, Any]):
         self.out = Path(out)
+        self.lock = lock_out(self.out)  # held while this object lives; see runtime/lock.py
         self.out.mkdir(parents=True, exist_ok=True)
         self.job = job
         self.config = config

@@ -27,6 +27,7 @@ from jaxviz.jobs.scan import run_scan_jobs
 from jaxviz.jobs.study import SWEEP_JOBS, Job, Study, default_study_text, load_study
 from jaxviz.render.report import write_study_report
 from jaxviz.runtime.distributed import barrier, initialize
+from jaxviz.runtime.lock import lock_out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -165,7 +166,7 @@ def run_study(study: Study, out: Path, restart: bool, checkpoint_every: int = 20
     """Run (or resume) a study. With several processes every process takes part in the
     dataset scans; process 0 alone runs the other jobs and writes state, events and report."""
     lead = jax.process_index() == 0
-    out.mkdir(parents=True, exist_ok=True)
+    lock = lock_out(out)  # noqa: F841 - held until this function returns; jobs lock below it
     state_path = out / "sweep.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else None
     if state and state["digest"] != study.digest and not restart:

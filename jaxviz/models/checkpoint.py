@@ -310,7 +310,7 @@ class _Reader:
         try:
             return safe_pickle.load(f, self.find_class, persistent_load, self.deadline)
         except PickleError as e:
-            raise self.error(f"its pickle {e}") from None
+            raise self.error(f"its pickle is refused ({e})") from None
 
     def storage_pid(self, pid: Any) -> tuple[_StorageType, str, int, Any]:
         """Parse ('storage', type, key, location, numel[, view_metadata])."""

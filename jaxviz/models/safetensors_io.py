@@ -59,9 +59,10 @@ def _entry(name: str, rec: Any, data_len: int) -> tuple[np.dtype, tuple[int, ...
         and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
         and 0 <= offsets[0] <= offsets[1] <= data_len
     ):
+        small = isinstance(offsets, list) and len(offsets) <= 2
+        shown = [describe(o) for o in offsets] if small else describe(offsets)
         raise ValueError(
-            f"tensor {describe(name)} has data_offsets {describe(offsets)} outside the "
-            f"{data_len} data bytes"
+            f"tensor {describe(name)} has data_offsets {shown} outside the {data_len} data bytes"
         )
     begin, end = offsets
     nbytes = math.prod(shape) * dtype.itemsize
