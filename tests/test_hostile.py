@@ -17,6 +17,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -27,7 +28,9 @@ import numpy as np
 import pytest
 
 from jaxviz import cli
+from jaxviz.errors import UsageError
 from jaxviz.models.checkpoint import CheckpointError, read_state_dict
+from jaxviz.runtime.lock import LOCK_FILE, OutLocked, holder, lock_out
 from tests import hostile_files as hf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -442,3 +445,117 @@ def test_dangerous_inputs_bounded_in_a_child(tmp_path, index_folder):
     assert report["peak_rss"] < GiB, report["peak_rss"]
     _assert_confined(before, tmp_path, *(tmp_path / f"out{k}" for k in range(len(cases))))
     assert not (tmp_path / "MARKER").exists()
+
+
+# -- a locked --out ------------------------------------------------------------------------
+
+_HOLD = """
+import fcntl, json, os, socket, sys, time
+fd = os.open(os.path.join(sys.argv[1], ".lock"), os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.pwrite(fd, json.dumps({"pid": int(sys.argv[2]) or os.getpid(), "host": socket.gethostname(),
+                          "started": "then"}).encode(), 0)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def _holder_process(out: Path, recorded_pid: int = 0) -> subprocess.Popen:
+    """A process holding out/.lock (flock) whose record names `recorded_pid` (0: itself)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(out), str(recorded_pid)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_lock_is_reentrant_exclusive_and_survives_kill_9(tmp_path):
+    out = tmp_path / "out"
+    a = lock_out(out)
+    b = lock_out(out)  # the same process again (a sweep and its jobs): no deadlock
+    assert holder(out)["pid"] == os.getpid()
+    a.release()
+    assert b.held and holder(out)["pid"] == os.getpid()
+    b.release()
+    assert (out / LOCK_FILE).read_text() == ""  # released: nothing recorded
+    proc = _holder_process(out)
+    try:
+        with pytest.raises(OutLocked, match=rf"in use by another jaxviz run \(pid {proc.pid} on "):
+            lock_out(out)
+    finally:
+        proc.kill()
+        proc.wait()
+    with lock_out(out) as c:  # the kernel dropped the dead holder's flock
+        assert c.held and holder(out)["pid"] == os.getpid()
+    file_out = tmp_path / "file"
+    file_out.write_text("x")
+    with pytest.raises(UsageError, match="cannot create the folder"):
+        lock_out(file_out)
+
+
+def test_stale_lock_of_a_dead_holder_is_replaced(tmp_path):
+    """A flock kept alive by an orphan (say, a forked worker) of a dead run on this host."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "out"
+    out.mkdir()
+    orphan = _holder_process(out, recorded_pid=dead.pid)
+    try:
+        with lock_out(out) as lock:
+            assert lock.held and holder(out)["pid"] == os.getpid()
+    finally:
+        orphan.kill()
+        orphan.wait()
+
+
+def _occlusion(out: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "jaxviz.cli",
+        "occlusion",
+        "--model",
+        "demo",
+        "--data",
+        "shapes:6:5",
+        "--window",
+        "16",
+        "--stride",
+        "8",
+        "--batch-size",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--out",
+        str(out),
+    ]
+
+
+def test_second_run_on_one_out_exits_2_and_kill_9_then_resume(tmp_path):
+    out = tmp_path / "out"
+    first = subprocess.Popen(_occlusion(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ck = out / ".item-checkpoint"
+    deadline = time.time() + 120
+    while time.time() < deadline and first.poll() is None:
+        if ck.is_dir() and any(p.name.isdigit() for p in ck.iterdir()):
+            break
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # frozen mid-job, still holding its lock
+    try:
+        assert first.poll() is None and not (out / "manifest.json").exists(), "finished too soon"
+        t = time.time()
+        second = subprocess.run(_occlusion(out), capture_output=True, text=True, timeout=120)
+        lines = second.stderr.strip().splitlines()
+        assert second.returncode == 2 and len(lines) == 1, second.stderr[-2000:]
+        assert f"pid {first.pid} on " in lines[0] and "Traceback" not in second.stderr
+        assert time.time() - t < 60  # never waits on the lock; JAX's start-up is most of it
+    finally:
+        first.kill()  # SIGKILL: no handler runs, the lock file stays behind
+        first.wait()
+    third = subprocess.run(_occlusion(out), capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["images"] == 6
+    assert manifest["results"]["resumed_at_index"] >= 2  # it resumed the killed run's work
