@@ -4,6 +4,7 @@ read from a torch-layout state dict) so the CLI's `NAME=PATH` path can be driven
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import struct
@@ -177,3 +178,133 @@ def write_safetensors(path, header: dict | bytes, data: bytes = b"", length: int
     n = len(raw) if length is None else length
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", n) + raw + data)
+
+
+# -- random mutations for the fuzz pass ----------------------------------------------------
+
+HOSTILE_VALUES = [-1, 0, 1 << 40, 1 << 70, "x", [], [1] * 100, None, 3.5, {"a": 1}]
+
+
+def valid_files(folder, seed: int = 0) -> dict[str, bytes]:
+    """{'zip.pth', 'legacy.pth', 'model.safetensors': bytes} of a valid hostile_demo state."""
+    import torch
+    from safetensors.numpy import save_file
+
+    state = torch_state(seed)
+    sd = {k: torch.from_numpy(v) for k, v in state.items()}
+    torch.save(sd, folder / "zip.pth")
+    torch.save(sd, folder / "legacy.pth", _use_new_zipfile_serialization=False)
+    save_file(state, str(folder / "model.safetensors"))
+    return {n: (folder / n).read_bytes() for n in ("zip.pth", "legacy.pth", "model.safetensors")}
+
+
+def _flip(rng, data: bytes, lo: int = 0, hi: int | None = None) -> bytes:
+    b = bytearray(data)
+    hi = len(b) if hi is None else min(hi, len(b))
+    for _ in range(int(rng.integers(1, 9))):
+        b[int(rng.integers(lo, max(hi, lo + 1)))] = int(rng.integers(256))
+    return bytes(b)
+
+
+def _rezip(data: bytes, edit) -> bytes:
+    """The zip `data` with archive/data.pkl replaced by edit(its bytes), CRCs valid."""
+    src = zipfile.ZipFile(io.BytesIO(data))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as dst:
+        for info in src.infolist():
+            raw = src.read(info)
+            dst.writestr(info, edit(raw) if info.filename.endswith("data.pkl") else raw)
+    return buf.getvalue()
+
+
+def _st_edit(rng, data: bytes) -> bytes:
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    name = sorted(k for k in header if k != "__metadata__")[int(rng.integers(len(header) - 1))]
+    field = ["dtype", "shape", "data_offsets"][int(rng.integers(3))]
+    value = HOSTILE_VALUES[int(rng.integers(len(HOSTILE_VALUES)))]
+    if field == "data_offsets" and rng.random() < 0.5:  # plausible but shifted offsets
+        b, e = header[name][field]
+        value = [b + int(rng.integers(-64, 64)), e + int(rng.integers(-64, 64))]
+    header[name][field] = value
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n :]
+
+
+def mutate(rng, kind: str, data: bytes) -> tuple[str, bytes]:
+    """One random mutation of a valid file of `kind` ('zip.pth', 'legacy.pth',
+    'model.safetensors'): (what was done, the mutated bytes)."""
+    how = ["flip", "truncate", "structure", "insert"][int(rng.integers(4))]
+    if how == "flip":
+        return how, _flip(rng, data)
+    if how == "truncate":
+        return how, data[: int(rng.integers(len(data)))]
+    if how == "insert":
+        at = int(rng.integers(len(data)))
+        return how, data[:at] + bytes(
+            rng.integers(0, 256, int(rng.integers(1, 16)), np.uint8)
+        ) + data[at:]
+    if kind == "zip.pth":
+        return "pickle", _rezip(data, lambda pkl: _flip(rng, pkl))
+    if kind == "legacy.pth":
+        return "pickle", _flip(rng, data, 0, 4096)
+    if rng.random() < 0.3:
+        return "length", struct.pack("<Q", int(rng.integers(1 << 62))) + data[8:]
+    return "header", _st_edit(rng, data)
+
+
+def fuzz(folder, n: int, seed: int = 0, cli: bool = False) -> dict:
+    """Run n random mutations of the three valid files. cli=False: through the readers and the
+    converter (read_state_dict + from_state_dict, as `--model hostile_demo=PATH` does);
+    cli=True: through `jaxviz filters` itself. Returns counts by outcome, the slowest case and
+    every failure (an exception other than CheckpointError, a traceback, an exit other than
+    0/2, more than one line, or over 5 s)."""
+    import contextlib
+    import time
+    from pathlib import Path
+
+    from jaxviz import cli as jcli
+    from jaxviz.models.checkpoint import CheckpointError, read_state_dict
+    from jaxviz.models.convert import expected_shapes, from_state_dict
+
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    files = valid_files(folder)
+    model = demo.build()
+    expect = expected_shapes(model, name_table())
+    counts = {"ok": 0, "refused": 0}
+    failures, slowest = [], (0.0, "")
+    for k in range(n):
+        kind = sorted(files)[k % 3]
+        how, data = mutate(rng, kind, files[kind])
+        path = folder / f"m{k}.{kind}"
+        path.write_bytes(data)
+        t = time.perf_counter()
+        if cli:
+            err = io.StringIO()
+            argv = ["filters", "--model", f"hostile_demo={path}", "--out", str(folder / f"o{k}")]
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                rc = jcli.main(argv)
+            lines = err.getvalue().strip().splitlines()
+            ok = rc == 0 or (rc == 2 and len(lines) == 1 and "Traceback" not in err.getvalue())
+            outcome, detail = {0: "ok", 2: "refused"}.get(rc, "failed"), err.getvalue()[-300:]
+        else:
+            try:
+                from_state_dict(model, read_state_dict(path, expect), name_table(), str(path))
+                outcome, ok, detail = "ok", True, ""
+            except CheckpointError as e:
+                outcome, ok, detail = "refused", "\n" not in str(e), str(e)
+            except Exception as e:  # noqa: BLE001 - what the fuzz pass looks for
+                outcome, ok, detail = "failed", False, f"{type(e).__name__}: {e}"[:300]
+        seconds = time.perf_counter() - t
+        slowest = max(slowest, (seconds, f"{kind} {how}"))
+        if not ok or seconds > 5:
+            failures.append(f"#{k} {kind} {how}: {outcome} in {seconds:.1f} s: {detail}")
+        counts[outcome] = counts.get(outcome, 0) + 1
+        path.unlink()
+    return {
+        "counts": counts,
+        "slowest_s": round(slowest[0], 3),
+        "slowest": slowest[1],
+        "failures": failures,
+    }

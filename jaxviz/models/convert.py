@@ -16,6 +16,7 @@ table, so the second load of a file skips unpickling, layout changes and shape i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -92,8 +93,10 @@ def bn_rules(t: NameTable, src: str, stage: str, module: str) -> None:
     t[f"{src}.running_var"] = Rule(f"{stage}/batch_stats/{module}/var")
 
 
+@functools.lru_cache(maxsize=16)
 def abstract_params(model: Model) -> Params:
-    """Shapes and dtypes of `model`'s params at its input size (no FLOPs, no memory)."""
+    """Shapes and dtypes of `model`'s params at its input size (no FLOPs, no memory; cached per
+    model: tracing the init takes a few hundred ms and a checkpoint load needs it twice)."""
     return jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
 
 
