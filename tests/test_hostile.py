@@ -401,20 +401,21 @@ print(json.dumps({"rows": rows, "peak_rss": peak}))
 
 
 def test_dangerous_inputs_bounded_in_a_child(tmp_path, index_folder):
-    """Exponential hashing (zip and legacy), a 2 GiB zip bomb record, a 28000^2 stride-0 view,
-    a params .npz member inflating to 2 GiB and a FAISS vector length of 1 GiB: each exit 2 in
+    """Exponential hashing (zip and legacy), a 1.25 GiB zip bomb record, a 28000^2 stride-0
+    view, a params .npz member inflating to 1.25 GiB and a FAISS vector length of 1 GiB: each exit 2 in
     one line within 20 s, and the child's peak RSS stays under 1 GiB."""
     os.chdir(tmp_path)
     spec = lambda p: ["--model", f"hostile_demo={p}"]  # noqa: E731
     hf.write_zip(tmp_path / "hash.pth", hf.exp_hash_pickle())
     hf.write_legacy(tmp_path / "hash_legacy.pth", hf.exp_hash_pickle(), [], [])
-    big = hf.tensor("0", 1 << 29, 0, (1 << 29,), (1,))
-    hf.write_zip_bomb(tmp_path / "bomb.pth", hf.state_pickle([(_w(), big)]), "0", 2 * GiB)
+    bomb_bytes = 80 << 24  # 1.25 GiB: inflated whole, it alone would break the 1 GiB bound
+    big = hf.tensor("0", bomb_bytes // 4, 0, (bomb_bytes // 4,), (1,))
+    hf.write_zip_bomb(tmp_path / "bomb.pth", hf.state_pickle([(_w(), big)]), "0", bomb_bytes)
     strided = hf.state_pickle([(_w(), hf.tensor("0", 1, 0, (28000, 28000), (0, 0)))])
     hf.write_zip(tmp_path / "stride0.pth", strided, {"0": bytes(4)})
-    head = _npy("<f4", (1 << 29,))
-    bomb, crc = hf.deflated_zeros(2 * GiB, head)
-    member = ("conv1/params/conv/kernel.npy", bomb, 8, crc, len(head) + 2 * GiB)
+    head = _npy("<f4", (bomb_bytes // 4,))
+    bomb, crc = hf.deflated_zeros(bomb_bytes, head)
+    member = ("conv1/params/conv/kernel.npy", bomb, 8, crc, len(head) + bomb_bytes)
     hf.write_raw_zip(tmp_path / "bomb.npz", [member])
     folder = tmp_path / "index"
     shutil.copytree(index_folder, folder)

@@ -363,11 +363,19 @@ class _Zip(_Reader):
         self.storages[key] = _Storage(stype.dtype, numel, key)
         return self.storages[key]
 
-    def read(self, storage: _Storage, nbytes: int) -> bytearray:
-        """The first nbytes of a storage's record, inflated chunk by chunk (never more)."""
+    def read(self, storage: _Storage, nbytes: int) -> bytes | bytearray:
+        """The first nbytes of a storage's record (compressed ones inflated chunk by chunk,
+        never more)."""
+        name = f"{self.prefix}data/{storage.key}"
+        if self.zf.getinfo(name).compress_type == zipfile.ZIP_STORED:  # bounded by the file
+            with self.zf.open(name) as f:
+                data = f.read(nbytes)
+            if len(data) != nbytes:
+                raise self.error(f"storage record {storage.key} is truncated")
+            return data
         buf = bytearray(nbytes)
         view, got = memoryview(buf), 0
-        with self.zf.open(f"{self.prefix}data/{storage.key}") as f:
+        with self.zf.open(name) as f:
             while got < nbytes:
                 self.check_time()
                 n = f.readinto(view[got : got + _CHUNK])

@@ -9,9 +9,11 @@ refused with one message that lists them (ten of each kind at most; penzai / big
 from the file (`checkpoint.read_state_dict`'s `expect`), so a file's size claims cannot make
 loading allocate more than the model's own size.
 
-Converted params are cached with orbax under $JAXVIZ_CACHE (default ~/.cache/jaxviz; 'off'
-disables it), keyed by the checkpoint's absolute path, size and mtime, the model name and the name
-table, so the second load of a file skips unpickling, layout changes and shape inference.
+Converted params are cached with orbax under $JAXVIZ_CACHE/converted (default
+$XDG_CACHE_HOME/jaxviz, i.e. ~/.cache/jaxviz; 'off' disables it), keyed by the checkpoint's
+absolute path, size and mtime, the model name and the name table, so the second load of a file
+skips unpickling, layout changes and shape inference. This is the one place jaxviz writes
+outside --out (README: "Where jaxviz writes").
 """
 
 from __future__ import annotations
@@ -163,8 +165,10 @@ FORMAT = 2  # bump when a layout change alters converted arrays, to invalidate c
 
 
 def cache_dir() -> str | None:
-    """$JAXVIZ_CACHE, default ~/.cache/jaxviz; None (no caching) when it is 'off'."""
-    d = os.environ.get("JAXVIZ_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "jaxviz")
+    """$JAXVIZ_CACHE, default $XDG_CACHE_HOME/jaxviz (~/.cache/jaxviz); None (no caching) when
+    it is 'off'."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    d = os.environ.get("JAXVIZ_CACHE") or os.path.join(base, "jaxviz")
     return None if d == "off" else d
 
 
