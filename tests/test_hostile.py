@@ -402,8 +402,8 @@ print(json.dumps({"rows": rows, "peak_rss": peak}))
 
 def test_dangerous_inputs_bounded_in_a_child(tmp_path, index_folder):
     """Exponential hashing (zip and legacy), a 1.25 GiB zip bomb record, a 28000^2 stride-0
-    view, a params .npz member inflating to 1.25 GiB and a FAISS vector length of 1 GiB: each exit 2 in
-    one line within 20 s, and the child's peak RSS stays under 1 GiB."""
+    view, a params .npz member inflating to 1.25 GiB and a FAISS vector length of 1 GiB: each
+    exits 2 in one line within 20 s, and the child's peak RSS stays under 1 GiB."""
     os.chdir(tmp_path)
     spec = lambda p: ["--model", f"hostile_demo={p}"]  # noqa: E731
     hf.write_zip(tmp_path / "hash.pth", hf.exp_hash_pickle())
@@ -571,3 +571,11 @@ def test_fuzz_mutated_checkpoints_end_in_ok_or_one_line(tmp_path):
     report = hf.fuzz(tmp_path, 150, seed=int(os.environ.get("JAXVIZ_FUZZ_SEED", "0")))
     assert report["failures"] == []
     assert report["counts"]["ok"] > 0 and report["counts"]["refused"] > 0
+
+
+def test_read_stops_at_its_time_limit(tmp_path):
+    files = hf.valid_files(tmp_path)
+    assert set(files) == {"zip.pth", "legacy.pth", "model.safetensors"}
+    for name in ("zip.pth", "legacy.pth"):
+        with pytest.raises(CheckpointError, match="longer than the time limit"):
+            read_state_dict(tmp_path / name, timeout_s=0)
