@@ -11,6 +11,11 @@ Layout of a store folder:
 
 Only one shard is in memory at a time (at most `shard_bytes`), so writing never grows with the
 dataset. features.json is rewritten after every shard with `complete: false` until `close()`.
+
+Reading trusts nothing in the folder (`neighbors --index` and `tsne` take it from the user):
+features.json is checked for its fields and their types (a missing one is a UsageError naming it
+when asked for), and every shard file is opened memory-mapped and checked against its row count,
+D and dtype before any of it is read; any failure is one UsageError line naming the file.
 """
 
 from __future__ import annotations
@@ -133,15 +138,74 @@ class FeatureWriter:
         return {**self.meta, "dim": self.dim, "dtype": self.dtype, "count": self.count}
 
 
+# features.json fields written by the jobs, and their types (checked when present)
+_META_TYPES: dict[str, type | tuple[type, ...]] = {
+    "source": str,
+    "model": str,
+    "layer": str,
+    "compute_dtype": str,
+    "metric": str,
+    "random_init": bool,
+    "seed": int,
+    "class_names": (list, type(None)),
+    "complete": bool,
+}
+# shard kind -> (dtype kinds allowed, 2-D)
+_SHARD_KINDS = {"features": ("f", True), "index": ("i", False), "labels": ("i", False)}
+
+
+class _Meta(dict):
+    """features.json; a missing field is a UsageError naming the file and the field."""
+
+    path: Path
+
+    def __missing__(self, key: str):
+        raise UsageError(f"{self.path} has no {key!r} field; is it a feature store?")
+
+
+def read_meta(path: Path) -> _Meta:
+    """features.json of a store, checked: dim, dtype, count, shards and the job fields."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as e:
+        raise UsageError(f"cannot read {path}: {type(e).__name__}: {str(e)[:160]}") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path} holds a {type(raw).__name__}, not a feature-store record")
+    meta = _Meta(raw)
+    meta.path = path
+    dim, shards = meta["dim"], meta["shards"]
+    if not (isinstance(dim, int) and not isinstance(dim, bool) and 0 < dim <= 1 << 24):
+        raise UsageError(f"{path}: dim is {str(dim)[:40]}, not a positive integer")
+    if meta.get("dtype", "float32") not in DTYPES:
+        raise UsageError(f"{path}: dtype {str(meta['dtype'])[:40]} is not one of {DTYPES}")
+    if not (
+        isinstance(shards, list)
+        and all(
+            isinstance(s, dict)
+            and isinstance(s.get("rows"), int)
+            and not isinstance(s["rows"], bool)
+            and 0 <= s["rows"] < 1 << 40
+            for s in shards
+        )
+    ):
+        raise UsageError(f"{path}: shards is not a list of {{'rows': count}} records")
+    for key, kind in _META_TYPES.items():
+        if key in meta and not isinstance(meta[key], kind):
+            raise UsageError(f"{path}: {key} is a {type(meta[key]).__name__}")
+    if key_bad := [n for n in meta.get("class_names") or [] if not isinstance(n, str)]:
+        raise UsageError(f"{path}: class_names holds {type(key_bad[0]).__name__} values")
+    return meta
+
+
 class FeatureStore:
     """Read a store written by FeatureWriter (features memory-mapped)."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         path = self.folder / META_FILE
-        if not path.exists():
+        if not path.is_file():
             raise UsageError(f"no feature store in {self.folder} (missing {META_FILE})")
-        self.meta: dict[str, Any] = json.loads(path.read_text())
+        self.meta: dict[str, Any] = read_meta(path)
         self.dim: int = self.meta["dim"]
         self.offsets = np.cumsum([0] + [s["rows"] for s in self.meta["shards"]])
         self._index: np.ndarray | None = None
@@ -150,7 +214,21 @@ class FeatureStore:
         return int(self.offsets[-1])
 
     def _load(self, kind: str, k: int, mmap: bool = False) -> np.ndarray:
-        return np.load(self.folder / _shard_name(kind, k), mmap_mode="r" if mmap else None)
+        """Shard k's `kind` array, checked against the metadata before it is read."""
+        path = self.folder / _shard_name(kind, k)
+        rows = self.meta["shards"][k]["rows"]
+        try:
+            a = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise UsageError(f"cannot read {path}: {type(e).__name__}: {str(e)[:160]}") from None
+        kinds, matrix = _SHARD_KINDS.get(kind, ("U", False))
+        shape = (rows, self.dim) if matrix else (rows,)
+        itemsize = 4 << 12 if kind == "ids" else 8  # ids: at most 4096 characters
+        if a.shape != shape or a.dtype.kind not in kinds or a.dtype.itemsize > itemsize:
+            raise UsageError(
+                f"{path} holds {a.dtype} {a.shape}; the store says {shape} ({self.meta.path})"
+            )
+        return a if mmap else np.array(a)
 
     def shards(self, count: int | None = None) -> Iterator[tuple[np.ndarray, ...]]:
         """Per shard (the first `count`; default all): (features [rows, D] memory-mapped,

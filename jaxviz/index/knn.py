@@ -17,7 +17,6 @@ Results carry the caller's int64 ids (FAISS's own labels are the insertion order
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -29,6 +28,7 @@ import faiss
 import numpy as np
 
 from jaxviz.errors import UsageError
+from jaxviz.index.checked_io import read_faiss, read_ids, read_knn_meta
 
 METRICS = ("l2", "cosine")
 FLAT_BELOW = 1_000_000  # auto: exact search below this many vectors
@@ -237,18 +237,18 @@ class KnnIndex:
         folder = Path(folder)
         if not (folder / META_FILE).exists():
             raise UsageError(f"no k-NN index in {folder} (missing {META_FILE})")
-        meta = json.loads((folder / META_FILE).read_text())
+        meta = read_knn_meta(folder / META_FILE)
         self = cls.__new__(cls)
         self.dim, self.metric, self.factory = meta["dim"], meta["metric"], meta["factory"]
         self.nlist, self.nprobe = meta["nlist"], meta["nprobe"]
         self.train_size = 0
-        cpu = faiss.read_index(str(folder / INDEX_FILE))
+        cpu = read_faiss(folder / INDEX_FILE, self.dim)
         self.gpu = gpu_count() > 0 if gpu is None else gpu
         self.index = _to_gpu(cpu) if self.gpu else cpu
         self.gpu = self.index is not cpu
         self._apply_nprobe()
         self._pending, self._pending_ids = [], []
-        self._ids_cat = np.load(folder / IDS_FILE)
+        self._ids_cat = read_ids(folder / IDS_FILE)
         self._ids = [self._ids_cat]
         if len(self._ids_cat) != self.index.ntotal:
             raise UsageError(

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxviz.runtime.lock import lock_out
+
 from jaxviz.errors import UsageError
 
 LAYOUT = 2  # 2: per-item results in array stores and a Parquet table (1: a .npy per item)
@@ -107,6 +109,7 @@ class JobOutput:
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--out {self.out} is a file, not a folder")
         check_marker(self.out, job)
+        self.lock = lock_out(self.out)  # held while this object lives; see runtime/lock.py
         self.out.mkdir(parents=True, exist_ok=True)
         save_json(self.out / MARKER, {"job": job, "layout": LAYOUT})
         self.job = job

@@ -27,6 +27,7 @@ from jaxviz.jobs.scan import run_scan_jobs
 from jaxviz.jobs.study import SWEEP_JOBS, Job, Study, default_study_text, load_study
 from jaxviz.render.report import write_study_report
 from jaxviz.runtime.distributed import add_distributed_args, barrier, initialize_from
+from jaxviz.runtime.lock import lock_out
 
 # jobs that split their items over every process of a run (jobs.items); scan jobs do too
 PER_ITEM = ("occlusion", "saliency", "guided", "gradcam", "ig", "smoothgrad", "invert", "dream")
@@ -161,7 +162,7 @@ def run_study(study: Study, out: Path, restart: bool, checkpoint_every: int = 20
     dataset scans and per-item jobs, each on its share of the items; process 0 alone runs the
     whole-job jobs (filters, t-SNE, neighbours, classviz) and writes state and report."""
     lead = jax.process_index() == 0
-    out.mkdir(parents=True, exist_ok=True)
+    lock = lock_out(out)  # noqa: F841 - held until this function returns; jobs lock below it
     state_path = out / "sweep.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else None
     if state and state["digest"] != study.digest and not restart:

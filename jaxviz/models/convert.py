@@ -3,17 +3,22 @@
 A family module (alexnet, vgg, resnet) writes its table: torch name -> `Rule(dest, kind)` where
 dest is the flat jaxviz name 'stage/collection/module/leaf' and kind the layout change. Anything
 the table does not map, anything it maps that the file lacks, and anything of the wrong shape is
-refused with one message that lists them all (penzai / big_vision style). `*.num_batches_tracked`
-(BatchNorm's training counter) is the only tensor ignored; a DataParallel 'module.' prefix is
-stripped.
+refused with one message that lists them (ten of each kind at most; penzai / big_vision style).
+`*.num_batches_tracked` (BatchNorm's training counter) is the only tensor ignored; a DataParallel
+'module.' prefix is stripped. Only tensors the model expects, in the shape it expects, are read
+from the file (`checkpoint.read_state_dict`'s `expect`), so a file's size claims cannot make
+loading allocate more than the model's own size.
 
-Converted params are cached with orbax under $JAXVIZ_CACHE (default ~/.cache/jaxviz; 'off'
-disables it), keyed by the checkpoint's absolute path, size and mtime, the model name and the name
-table, so the second load of a file skips unpickling, layout changes and shape inference.
+Converted params are cached with orbax under $JAXVIZ_CACHE/converted (default
+$XDG_CACHE_HOME/jaxviz, i.e. ~/.cache/jaxviz; 'off' disables it), keyed by the checkpoint's
+absolute path, size and mtime, the model name and the name table, so the second load of a file
+skips unpickling, layout changes and shape inference. This is the one place jaxviz writes
+outside --out (README: "Where jaxviz writes").
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -24,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict
 
-from jaxviz.models.checkpoint import CheckpointError, read_state_dict
+from jaxviz.models.checkpoint import CheckpointError, data_parallel_prefix, read_state_dict
 from jaxviz.models.params_io import check_matches, flatten, unflatten
 from jaxviz.models.stage import Model, Params, init_params
 
@@ -90,8 +95,10 @@ def bn_rules(t: NameTable, src: str, stage: str, module: str) -> None:
     t[f"{src}.running_var"] = Rule(f"{stage}/batch_stats/{module}/var")
 
 
+@functools.lru_cache(maxsize=16)
 def abstract_params(model: Model) -> Params:
-    """Shapes and dtypes of `model`'s params at its input size (no FLOPs, no memory)."""
+    """Shapes and dtypes of `model`'s params at its input size (no FLOPs, no memory; cached per
+    model: tracing the init takes a few hundred ms and a checkpoint load needs it twice)."""
     return jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
 
 
@@ -103,8 +110,8 @@ def from_state_dict(
     Floating tensors become float32. Raises CheckpointError listing every missing, unexpected
     and mis-shaped tensor (by torch name).
     """
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
+    prefix = data_parallel_prefix(state)
+    state = {k[len(prefix) :]: v for k, v in state.items()}
     like = abstract_params(model)
     want = {"/".join(k): v.shape for k, v in flatten_dict(like).items()}
     unmapped = sorted(k for k in state if k not in table and not k.endswith(".num_batches_tracked"))
@@ -114,17 +121,17 @@ def from_state_dict(
         if name not in state:
             continue
         a = np.asarray(state[name])
-        a = a.astype(np.float32, copy=False) if jnp.issubdtype(a.dtype, jnp.floating) else a
         expect = want.get(rule.dest)
         if expect is None:
             raise AssertionError(f"name table of {model.name}: {rule.dest} is not a parameter")
-        if tuple(a.shape) != rule.torch_shape(expect):
+        if tuple(a.shape) != rule.torch_shape(expect):  # before any copy: a may be a placeholder
             misshaped.append(f"{name}: {tuple(a.shape)} != expected {rule.torch_shape(expect)}")
             continue
+        a = a.astype(np.float32, copy=False) if jnp.issubdtype(a.dtype, jnp.floating) else a
         flat[rule.dest] = rule.layout(a)
     if unmapped or missing or misshaped:
         parts = [
-            f"{what} {names}"
+            f"{what} {_some(names)}"
             for what, names in (
                 ("missing", missing),
                 ("unexpected", unmapped),
@@ -137,6 +144,18 @@ def from_state_dict(
     return _with_empty_stages(model, unflatten(flat))
 
 
+def _some(names: list[str], n: int = 10) -> str:
+    """The first n names (each cut to 80 characters) and how many more."""
+    shown = [k if len(k) <= 80 else k[:77] + "..." for k in names[:n]]
+    return f"{shown}" + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def expected_shapes(model: Model, table: NameTable) -> dict[str, tuple[int, ...]]:
+    """{torch name: torch-layout shape} of every tensor `table` maps for `model`."""
+    want = {"/".join(k): v.shape for k, v in flatten_dict(abstract_params(model)).items()}
+    return {n: r.torch_shape(want[r.dest]) for n, r in table.items() if r.dest in want}
+
+
 def _with_empty_stages(model: Model, params: Params) -> Params:
     """Parameter-free stages (pools) get their empty variables back (flat formats drop them)."""
     return {st.name: params.get(st.name, {}) for st in model.stages}
@@ -146,8 +165,10 @@ FORMAT = 2  # bump when a layout change alters converted arrays, to invalidate c
 
 
 def cache_dir() -> str | None:
-    """$JAXVIZ_CACHE, default ~/.cache/jaxviz; None (no caching) when it is 'off'."""
-    d = os.environ.get("JAXVIZ_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "jaxviz")
+    """$JAXVIZ_CACHE, default $XDG_CACHE_HOME/jaxviz (~/.cache/jaxviz); None (no caching) when
+    it is 'off'."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    d = os.environ.get("JAXVIZ_CACHE") or os.path.join(base, "jaxviz")
     return None if d == "off" else d
 
 
@@ -190,7 +211,9 @@ def load_converted(model: Model, path: str, table: NameTable, cache: bool = True
             return _with_empty_stages(model, restored)
         except Exception as e:  # noqa: BLE001 - any broken cache entry is rebuilt
             log.warning("ignoring unreadable cache entry %s (%s)", target, e)
-    params = from_state_dict(model, read_state_dict(path), table, path)
+    params = from_state_dict(
+        model, read_state_dict(path, expected_shapes(model, table)), table, path
+    )
     if target is not None:
         try:
             os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -1,13 +1,21 @@
-"""Saving and loading stage-chain parameters as flat `.npz` files, with strict name checking."""
+"""Saving and loading stage-chain parameters as flat `.npz` files, with strict name checking.
+
+`load_npz` reads a user's file (`demo=PATH.npz`) in two steps: first every member's `.npy` header
+(name, shape, dtype; a few hundred bytes each), checked against the model; only then the arrays,
+each inflated to exactly the bytes its (now expected) shape needs. A compressed member that would
+inflate to gigabytes, pickled objects or a non-zip file give one UsageError line naming the file.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from jaxviz.errors import UsageError
 from jaxviz.models.stage import Params
 
 
@@ -49,10 +57,35 @@ def save_npz(path: str | os.PathLike, params: Params) -> None:
     os.replace(tmp, path)
 
 
+def _npz_headers(zf: zipfile.ZipFile) -> dict[str, np.ndarray]:
+    """{name: zero-stride placeholder of the member's shape and dtype}, from the headers only."""
+    out = {}
+    for info in zf.infolist():
+        if not info.filename.endswith(".npy"):
+            raise ValueError(f"member {info.filename[:80]!r} is not an .npy array")
+        with zf.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+                version, np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read(f)
+        if dtype.kind not in "biuf" or dtype.itemsize > 8:
+            raise ValueError(f"array {info.filename[:80]!r} has the dtype {dtype}")
+        out[info.filename[: -len(".npy")]] = np.broadcast_to(np.zeros((), dtype), shape)
+    return out
+
+
 def load_npz(path: str | os.PathLike, like: Params) -> Params:
-    """Load params saved by `save_npz`, checked against the structure of `like` (e.g. init)."""
-    with np.load(path) as f:
-        flat = {k: f[k] for k in f.files}
-    check_matches(like, flat, os.fspath(path))
+    """Load params saved by `save_npz`, checked against the structure of `like` (e.g. init)
+    before any array is read; UsageError (one line) for a file that does not match or is not
+    a params `.npz`."""
+    path = os.fspath(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            check_matches(like, _npz_headers(zf), path)
+        with np.load(path) as f:
+            flat = {k: f[k] for k in f.files}
+    except Exception as e:  # noqa: BLE001 - any failure on a user's file is bad input
+        raise UsageError(f"cannot read {path}: {type(e).__name__}: {str(e)[:300]}") from None
     params = unflatten(flat)
     return {k: params.get(k, {}) for k in like}  # parameter-free stages (pools) hold {}
