@@ -1,13 +1,13 @@
 """Occlusion throughput and memory, side by side in one process (one JSON line a case).
 
 speed (default): positions/s of jaxviz brute force (chunked vmap), Captum `Occlusion` at its best
-`perturbations_per_eval`, and a naive one-position-at-a-time jitted JAX loop, for alexnet,
-resnet18, efficientnet_lite0 (random init) and vgg16 (window 16 stride 8) at 224; and the incremental column: jaxviz exact
-incremental inference vs Captum and vs jaxviz brute force for vgg16, resnet18 and Lite0 (window
-16 stride 4) and vgg16 (window 8 stride 4), beside the plan's theoretical FLOP ratios (the plan
-with its alignment-class groups, the tight changed-units ideal, and one slice size for all
-positions), the number of groups and their compile seconds, plus the largest difference from
-brute force on the timed positions.
+`perturbations_per_eval`, and a naive one-position-at-a-time jitted JAX loop, for alexnet, resnet18,
+efficientnet_lite0 (random init) and vgg16 (window 16 stride 8) at 224; and the incremental column:
+jaxviz exact incremental inference vs Captum and vs jaxviz brute force for vgg16, resnet18 and Lite0
+(window 16 stride 4) and vgg16 (window 8 stride 4), beside the plan's theoretical FLOP ratios (the
+plan with its alignment-class groups, the tight changed-units ideal, and one slice size for all
+positions), the number of groups and their compile seconds, plus the largest difference from brute
+force on the timed positions.
 
 Timing uses a sample of positions spread evenly over the real grid (the full grid of a 224 image
 takes too long on a CPU): jaxviz runs the sample through the same chunked evaluator as a full

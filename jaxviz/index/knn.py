@@ -11,10 +11,11 @@ with GPUs", 2017, and the FAISS wiki's guidelines):
 - `Flat`, `IVF`, `IVF,PQ`: those families with nlist/m chosen from the size; any other string is
   a FAISS factory string passed through (`IVF4096,PQ64`, `HNSW32`, `OPQ64,IVF1024,PQ64`, ...).
 
-An index that needs training (IVF, PQ) buffers only its first `train_size` vectors, trains on
-them on ONE device, then is distributed over the GPUs (index/placement.py: replicated when it
-fits on one GPU, sharded when not) and adds them and everything after. Metrics: `l2` (distances are Euclidean, not squared)
-and `cosine` (rows L2-normalized, inner-product search; distances are 1 - cosine similarity).
+An index that needs training (IVF, PQ) buffers only its first `train_size` vectors, trains on them
+on ONE device, then is distributed over the GPUs (index/placement.py: replicated when it fits on one
+GPU, sharded when not) and adds them and everything after. Metrics: `l2` (distances are Euclidean,
+not squared) and `cosine` (rows L2-normalized, inner-product search; distances are 1 - cosine
+similarity).
 Results carry the caller's int64 ids (FAISS's own labels are the insertion order).
 """
 

@@ -357,7 +357,8 @@ def occlusion(
     fill: a constant in normalized input units, "mean" or "blur" (sigma: blur_sigma, default
     max(window) / 4). output: "drop" (unoccluded probability minus occluded: Captum with a softmax
     forward), "prob" or "logit". chunk: positions per chunk (default: from `budget` bytes per
-    device, default the memory plan's, `runtime.memory`). The batch is padded to a multiple of the mesh size.
+    device, default the memory plan's, `runtime.memory`). The batch is padded to a multiple of
+    the mesh size.
     """
     window = (window, window) if isinstance(window, int) else tuple(window)
     stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
