@@ -94,12 +94,19 @@ class GpuPlacement:
 
     def train(self, index: faiss.Index, x: np.ndarray) -> None:
         ivf = ivf_of(index)
-        if ivf is not None:  # k-means on the first GPU; the index itself stays on the CPU
-            flat = faiss.IndexFlat(ivf.d, ivf.metric_type)
-            ivf.clustering_index = faiss.index_cpu_to_gpu(self.resources[0], self.gpus[0], flat)
-        index.train(x)
-        if ivf is not None:
+        if ivf is None:
+            index.train(x)
+            return
+        # k-means on the first GPU; the index itself stays on the CPU. `on_gpu` must outlive
+        # train(): the IVF holds only a C++ pointer to it.
+        flat = faiss.IndexFlat(ivf.d, ivf.metric_type)
+        on_gpu = faiss.index_cpu_to_gpu(self.resources[0], self.gpus[0], flat)
+        ivf.clustering_index = on_gpu
+        try:
+            index.train(x)
+        finally:
             ivf.clustering_index = None
+            del on_gpu
 
     def distribute(self, index: faiss.Index) -> faiss.Index:
         shard = should_shard(index_bytes(index), len(self.gpus), self.share.index_bytes)
