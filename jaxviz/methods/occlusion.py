@@ -171,19 +171,10 @@ class FullForward:
     def bytes_per_position(self) -> int:
         return activation_bytes(self.model, self.image_hw)
 
-    @property
-    def largest_buffer(self) -> int:
-        return largest_activation_bytes(self.model, self.image_hw)
-
 
 def default_budget() -> int:
     """Bytes for occlusion chunks per device: the memory plan's work budget."""
     return memory.plan().work_bytes
-
-
-def largest_activation_bytes(model: Model, image_hw: Pair, start: int = 0) -> int:
-    """Bytes of the largest single stage input or output of one forward pass (float32)."""
-    return 4 * max(int(np.prod(s)) for s in stage_input_shapes(model, image_hw)[start:])
 
 
 def auto_chunk(
@@ -191,14 +182,10 @@ def auto_chunk(
 ) -> int:
     """Positions per chunk from the memory plan (`runtime.memory`): images_per_device * chunk
     positions fit in `budget` bytes (default: the plan's work budget); on a CPU the plan also
-    bounds the chunk's activations and its largest buffer (`Plan.chunk(cpu_bounded=True)`)."""
+    keeps the chunk's activations cache-sized (`Plan.chunk(cpu_bounded=True)`)."""
     plan = memory.plan(budget_mb=None if budget is None else budget / 2**20)
-    largest = getattr(evaluator, "largest_buffer", 0)
     return plan.chunk(
-        evaluator.bytes_per_position * images_per_device,
-        n_positions,
-        cpu_bounded=True,
-        largest_buffer=largest * images_per_device,
+        evaluator.bytes_per_position * images_per_device, n_positions, cpu_bounded=True
     )
 
 

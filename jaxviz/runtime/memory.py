@@ -17,12 +17,8 @@ One place decides how a device's memory is split and how big each chunk of work 
   IG steps x batch, t-SNE tile rows, feature images) fit in `work_bytes`: `WORK_FRACTION` of
   JAX's free share of a device, or of a `CPU_WORK_FRACTION` slice of the available host RAM per
   CPU device. A CLI flag overrides the count (`override=`) or the budget (`plan(budget_mb=)`).
-  On a CPU two more bounds apply (`cpu_bounded=True`, for forward-only chunks): the chunk's
-  activations stay near the cache-friendly `CPU_CHUNK_BYTES`, and no single buffer of the chunk
-  crosses `CPU_BUFFER_BYTES`. glibc serves every allocation above 32 MiB with a fresh `mmap`
-  and returns it with `munmap` on free, so a chunk whose layer outputs exceed that faults in
-  every page of every buffer at every layer (VGG-16 at 224 px, 4 positions: 12.25 MiB a
-  position in conv1, 49 MiB a buffer).
+  On a CPU one more bound applies (`cpu_bounded=True`, for forward-only chunks): the chunk's
+  activations stay near the cache-friendly `CPU_CHUNK_BYTES` (at least `CPU_MIN_CHUNK` items).
 
 `jaxviz doctor --plan` prints the plan of this machine.
 """
@@ -47,8 +43,7 @@ WORK_FRACTION = 0.5  # of JAX's free share of a GPU that chunks may use
 CPU_WORK_FRACTION = 0.1  # of the available host RAM (split over CPU devices) that chunks may use
 JAX_DEFAULT_FRACTION = 0.75  # JAX's own preallocation when nobody sets it
 CPU_CHUNK_BYTES = 128 << 20  # a CPU chunk's activations: batches of ~128 MiB ran fastest
-CPU_MIN_CHUNK = 4  # ... but at least this many items, where a buffer allows it
-CPU_BUFFER_BYTES = 32 << 20  # glibc's largest mmap threshold: bigger buffers are mmapped anew
+CPU_MIN_CHUNK = 4  # ... but at least this many items
 
 ENV_FRACTION = "XLA_PYTHON_CLIENT_MEM_FRACTION"
 ENV_PREALLOCATE = "XLA_PYTHON_CLIENT_PREALLOCATE"
@@ -168,14 +163,12 @@ class Plan:
         *,
         override: int | None = None,
         cpu_bounded: bool = False,
-        largest_buffer: int = 0,
     ) -> int:
         """Items per chunk: as many as fit in work_bytes, between 1 and n.
 
         bytes_per_item: device memory one item needs (all its live buffers); override: the
         user's count (a CLI flag), taken as is (up to n). cpu_bounded (forward-only work on a
-        CPU): also keep the chunk near CPU_CHUNK_BYTES (at least CPU_MIN_CHUNK items) and, with
-        largest_buffer (one item's largest single buffer), every buffer under CPU_BUFFER_BYTES.
+        CPU): also keep the chunk near CPU_CHUNK_BYTES (at least CPU_MIN_CHUNK items).
         """
         top = n if n is not None else 2**31 - 1
         if override is not None:
@@ -184,8 +177,6 @@ class Plan:
         c = self.work_bytes // per
         if cpu_bounded and self.platform == "cpu":
             c = min(c, max(CPU_MIN_CHUNK, CPU_CHUNK_BYTES // per))
-            if largest_buffer > 0:
-                c = min(c, max(1, CPU_BUFFER_BYTES // int(largest_buffer)))
         return int(max(1, min(top, c)))
 
     def describe(self) -> dict:
