@@ -23,7 +23,8 @@ def test_knn_step_exact_flat_and_the_neighbors_cli(tmp_path):
     size = {"knn_n": 3000, "knn_d": 16, "knn_queries": 30}
     res = gpu_check.step_knn(size, tmp_path)
     assert res["Flat"]["factory"] == "Flat" and res["Flat"]["recall_at_10_vs_cpu_exact"] == 1.0
-    assert res["IVF"]["factory"].startswith("IVF") and res["IVF"]["recall_at_10_vs_cpu_exact"] > 0.9
+    ivf = res["IVF"]  # 3,000 vectors in 256 cells, 8 probed: approximate
+    assert ivf["factory"] == "IVF256,Flat" and 0.5 < ivf["recall_at_10_vs_cpu_exact"] <= 1
     for spec_ in ("Flat", "IVF"):
         cli = res[spec_]["neighbors_cli"]
         assert cli["rc"] == 0, cli.get("stderr")
