@@ -1,13 +1,13 @@
 """Occlusion throughput and memory, side by side in one process (one JSON line a case).
 
 speed (default): positions/s of jaxviz brute force (chunked vmap), Captum `Occlusion` at its best
-`perturbations_per_eval`, and a naive one-position-at-a-time jitted JAX loop, for alexnet,
-resnet18 and efficientnet_lite0 (random init) at 224; and the incremental column: jaxviz exact
-incremental inference vs Captum and vs jaxviz brute force for vgg16, resnet18 and Lite0 (window
-16 stride 4) and vgg16 (window 8 stride 4), beside the plan's theoretical FLOP ratios (the plan
-with its alignment-class groups, the tight changed-units ideal, and one slice size for all
-positions), the number of groups and their compile seconds, plus the largest difference from
-brute force on the timed positions.
+`perturbations_per_eval`, and a naive one-position-at-a-time jitted JAX loop, for alexnet, resnet18,
+efficientnet_lite0 (random init) and vgg16 (window 16 stride 8) at 224; and the incremental column:
+jaxviz exact incremental inference vs Captum and vs jaxviz brute force for vgg16, resnet18 and Lite0
+(window 16 stride 4) and vgg16 (window 8 stride 4), beside the plan's theoretical FLOP ratios (the
+plan with its alignment-class groups, the tight changed-units ideal, and one slice size for all
+positions), the number of groups and their compile seconds, plus the largest difference from brute
+force on the timed positions.
 
 Timing uses a sample of positions spread evenly over the real grid (the full grid of a 224 image
 takes too long on a CPU): jaxviz runs the sample through the same chunked evaluator as a full
@@ -19,7 +19,9 @@ memory: peak RSS of a child process running occlusion of one 224 image with Lite
 runs only the first N positions (same chunked evaluator) when the CPU is too slow for the whole
 grid: RSS depends on the chunk, not on the number of chunks.
 
-    python benchmarks/occlusion.py [--size smoke|full] [--mode speed|memory] [--cases ...]
+    python benchmarks/occlusion.py [--size smoke|check|full] [--mode speed|memory] [--cases ...]
+
+(check: the brute-force cases alexnet, resnet18 and vgg16 at 224, window 16 stride 8, short.)
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ from jaxviz.methods.incremental import IncrementalForward, make_plan  # noqa: E4
 from jaxviz.methods.occlusion import (  # noqa: E402
     FullForward,
     auto_chunk,
-    default_budget,
     evaluate,
     occlude,
     positions,
@@ -64,12 +65,21 @@ SIZES = {
         "ppe": [8],
         "hw": 96,
     },
+    "check": {  # brute force at 224 of the three CPU-critical models, a few minutes
+        "brute": [("alexnet", 16, 8), ("resnet18", 16, 8), ("vgg16", 16, 8)],
+        "incremental": [],
+        "sample": 24,
+        "captum_sample": 16,
+        "ppe": [8, 16],
+        "hw": 224,
+    },
     "full": {
         "brute": [
             (m, w, s)
             for m in ("alexnet", "resnet18", "efficientnet_lite0")
             for w, s in ((16, 8), (8, 4))
-        ],
+        ]
+        + [("vgg16", 16, 8)],
         "incremental": [
             ("vgg16", 8, 4),
             ("vgg16", 16, 4),
@@ -111,7 +121,7 @@ def run_chunks(evaluator, params, x, corners: np.ndarray, chunk: int | None = No
     allocates; Captum's timing also starts after its first forward call) and the compile
     seconds."""
     n = len(corners)
-    chunk = min(n, chunk or auto_chunk(evaluator, 1, n, default_budget()))
+    chunk = min(n, chunk or auto_chunk(evaluator, 1, n))
 
     def run(p, v):
         state = evaluator.prepare(p, v, jnp.zeros_like(v))
@@ -222,6 +232,7 @@ def case_brute(name, window, stride, size) -> None:
         naive_jax_pos_s=naive,
         jaxviz_vs_captum=full / captum,
         jaxviz_vs_naive=full / naive,
+        chunk=auto_chunk(FullForward(model, (hw, hw), (window, window)), 1, len(corners)),
     )
 
 

@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dream": ("jaxviz.jobs.synthesis", "DeepDream: amplify a layer's activations, with octaves"),
     "features": ("jaxviz.jobs.features", "features of a dataset to .npy shards + a FAISS index"),
     "neighbors": ("jaxviz.jobs.neighbors", "k nearest images of queries in a features index"),
+    "doctor": (
+        "jaxviz.jobs.doctor",
+        "backends in use (JAX, FAISS), shadowed installs, memory plan",
+    ),
     "tsne": ("jaxviz.jobs.tsne", "t-SNE of stored features: scatter by label + image-grid mosaic"),
     "pack": ("jaxviz.jobs.pack", "write any --data source as tar shards, ArrayRecord or Parquet"),
 }

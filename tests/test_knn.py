@@ -7,6 +7,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from jaxviz.errors import UsageError
 from jaxviz.index.knn import KnnIndex, choose_factory, default_nlist, default_nprobe
+from jaxviz.index.placement import CpuPlacement, index_bytes, should_shard
 from jaxviz.jobs.output import JobOutput
 from jaxviz.methods.retrieval import (
     drop_self,
@@ -111,9 +112,9 @@ def test_save_load_roundtrip(tmp_path, factory):
 
 
 def test_choose_factory_and_errors():
-    assert choose_factory("auto", 999_999, 128) == "Flat"
-    assert choose_factory("auto", 1_000_000, 128) == "IVF4096,Flat"
-    assert choose_factory("auto", 100_000_000, 4096) == "IVF32768,PQ64"
+    assert choose_factory("auto", 999_999, 128, budget=16 << 30) == "Flat"
+    assert choose_factory("auto", 1_000_000, 128, budget=16 << 30) == "IVF4096,Flat"
+    assert choose_factory("auto", 100_000_000, 4096, budget=16 << 30) == "IVF32768,PQ64"
     assert choose_factory("IVF,PQ", 100_000, 256) == "IVF1024,PQ64"
     assert choose_factory("IVF4096, PQ64", 10, 256) == "IVF4096,PQ64"
     with pytest.raises(UsageError, match="bad FAISS index"):
@@ -144,3 +145,65 @@ def test_metrics():
     )
     np.testing.assert_array_equal(ids, [[4, 2], [1, 3]])
     np.testing.assert_array_equal(d, [[0, 2], [0, 1]])
+
+
+class RecordingPlacement(CpuPlacement):
+    """CPU FAISS through the placement code path, recording what happens in which order."""
+
+    def __init__(self):
+        self.calls = []
+
+    def train(self, index, x):
+        self.calls.append(("train", index.is_trained, index.ntotal, len(x)))
+        super().train(index, x)
+
+    def distribute(self, index):
+        self.calls.append(("distribute", index.is_trained, index.ntotal))
+        return super().distribute(index)
+
+
+def test_train_on_one_device_before_distributing(tmp_path):
+    x, _ = gaussian_mixture(3_000, 16, components=8, seed=4)
+    ids = np.arange(len(x), dtype=np.int64)
+    rec = RecordingPlacement()
+    index = KnnIndex(16, "l2", "IVF16,Flat", train_size=2_000, placement=rec)
+    for s in range(0, len(x), 700):
+        index.add(x[s : s + 700], ids[s : s + 700])
+    # trained once, untrained and empty; distributed once, trained and still empty
+    assert rec.calls == [("train", False, 0, 2_000), ("distribute", True, 0)]
+    plain = KnnIndex(16, "l2", "IVF16,Flat", train_size=2_000, gpu=False)
+    plain.add(x, ids)
+    np.testing.assert_array_equal(index.search(x[:20], 5)[1], plain.search(x[:20], 5)[1])
+    flat = RecordingPlacement()
+    KnnIndex(16, "l2", "Flat", placement=flat)
+    assert flat.calls == [("distribute", True, 0)]  # nothing to train: distributed at once
+    index.save(JobOutput(tmp_path, "test", {}))
+    loaded = RecordingPlacement()
+    KnnIndex.load(tmp_path, placement=loaded)
+    assert loaded.calls == [("distribute", True, len(x))]
+
+
+def test_auto_chooses_by_bytes_against_the_budget():
+    gib = 1 << 30
+    n, d = 999_000, 9216  # 36.8 GB of float32: not Flat on a 12 GiB share, though n < 1M
+    assert choose_factory("auto", n, d, budget=12 * gib) == "IVF4096,PQ64"
+    assert choose_factory("auto", n, d, budget=n * d * 4) == "Flat"
+    assert choose_factory("auto", n, d, budget=n * d * 4 - 1) == "IVF4096,PQ64"
+    assert choose_factory("auto", 10**6, d, budget=10**6 * (d * 4 + 8)) == "IVF4096,Flat"
+    assert choose_factory("auto", 10**6, d, budget=10**6 * (d * 4 + 8) - 1) == "IVF4096,PQ64"
+    assert choose_factory("auto", 999_000, 512, budget=12 * gib) == "Flat"
+    assert choose_factory("auto", 999_000, 512, budget=1 * gib) == "IVF4096,PQ64"
+    assert choose_factory("auto", 4_000_000, 512, budget=12 * gib) == "IVF8192,Flat"
+
+
+def test_replicate_small_shard_large():
+    assert should_shard(10, 4, per_gpu=10) is False  # fits on one GPU: a replica on each
+    assert should_shard(11, 4, per_gpu=10) is True
+    assert should_shard(40, 4, per_gpu=10) is True
+    assert should_shard(41, 4, per_gpu=10) is None  # does not fit even sharded: stays on CPU
+    assert should_shard(11, 1, per_gpu=10) is None
+    cpu = faiss.index_factory(8, "IVF4,Flat")
+    cpu.train(np.random.default_rng(0).standard_normal((200, 8)).astype(np.float32))
+    cpu.add(np.zeros((100, 8), np.float32))
+    assert index_bytes(cpu) == 100 * (8 * 4 + 8) + 4 * 8 * 4
+    assert index_bytes(faiss.IndexFlatL2(8)) == 0

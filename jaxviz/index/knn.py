@@ -4,14 +4,18 @@ The index is filled batch by batch as features stream out of the model, so nothi
 itself is held in memory. Index choice (Johnson, Douze, Jegou, "Billion-scale similarity search
 with GPUs", 2017, and the FAISS wiki's guidelines):
 
-- `auto`: exact `Flat` below ~1M vectors; `IVF{nlist},Flat` above; `IVF{nlist},PQ{m}` when the raw
-  vectors would not fit in `PQ_ABOVE_BYTES`.
+- `auto`: decided by bytes against FAISS's share of the memory plan (`runtime.memory.faiss_share`:
+  a share of each GPU, sharded over them, or of host RAM), not by the vector count alone:
+  exact `Flat` below ~1M vectors when n x dim float32 fit; else `IVF{nlist},Flat` when the
+  vectors with their ids fit; else `IVF{nlist},PQ{m}` (m bytes a vector).
 - `Flat`, `IVF`, `IVF,PQ`: those families with nlist/m chosen from the size; any other string is
   a FAISS factory string passed through (`IVF4096,PQ64`, `HNSW32`, `OPQ64,IVF1024,PQ64`, ...).
 
-An index that needs training (IVF, PQ) buffers only its first `train_size` vectors, trains on
-them, then adds them and everything after. Metrics: `l2` (distances are Euclidean, not squared)
-and `cosine` (rows L2-normalized, inner-product search; distances are 1 - cosine similarity).
+An index that needs training (IVF, PQ) buffers only its first `train_size` vectors, trains on them
+on ONE device, then is distributed over the GPUs (index/placement.py: replicated when it fits on one
+GPU, sharded when not) and adds them and everything after. Metrics: `l2` (distances are Euclidean,
+not squared) and `cosine` (rows L2-normalized, inner-product search; distances are 1 - cosine
+similarity).
 Results carry the caller's int64 ids (FAISS's own labels are the insertion order).
 """
 
@@ -19,20 +23,33 @@ from __future__ import annotations
 
 import math
 import os
-import re
-import sys
 from pathlib import Path
 from typing import Any, Protocol
 
-import faiss
 import numpy as np
+
+try:
+    import faiss
+except ImportError as e:  # FAISS comes from the cpu or gpu extra, never from both
+    raise ImportError(
+        "jaxviz's k-NN index needs FAISS: pip install 'jaxviz[cpu]' or 'jaxviz[gpu]' "
+        "(README.gpu.md)"
+    ) from e
 
 from jaxviz.errors import UsageError
 from jaxviz.index.checked_io import read_faiss, read_ids, read_knn_meta
+from jaxviz.index.placement import (
+    CpuPlacement,
+    GpuPlacement,
+    Placement,
+    first_line,
+    ivf_of,
+    this_process_gpus,
+)
+from jaxviz.runtime.memory import faiss_share
 
 METRICS = ("l2", "cosine")
-FLAT_BELOW = 1_000_000  # auto: exact search below this many vectors
-PQ_ABOVE_BYTES = 16 << 30  # auto: product quantization when raw float32 vectors exceed this
+FLAT_BELOW = 1_000_000  # auto: exact search below this many vectors (when they fit)
 INDEX_FILE, IDS_FILE, META_FILE = "index.faiss", "ids.npy", "knn.json"
 
 
@@ -62,13 +79,18 @@ def default_pq_m(dim: int) -> int:
     return next(m for m in range(top, 0, -1) if dim % m == 0)
 
 
-def choose_factory(spec: str, n: int, dim: int) -> str:
-    """The FAISS factory string for `spec` (auto, Flat, IVF, IVF,PQ or a factory string)."""
+def choose_factory(spec: str, n: int, dim: int, budget: int | None = None) -> str:
+    """The FAISS factory string for `spec` (auto, Flat, IVF, IVF,PQ or a factory string).
+
+    budget: bytes the index may take (default: FAISS's share of the memory plan on the GPUs
+    this process would use, or of host RAM)."""
     key = spec.replace(" ", "")
     if key.lower() == "auto":
-        if n < FLAT_BELOW:
+        if budget is None:
+            budget = faiss_share(len(this_process_gpus(gpu_count()))).total_index_bytes
+        if n < FLAT_BELOW and n * dim * 4 <= budget:
             return "Flat"
-        key = "IVF" if n * dim * 4 <= PQ_ABOVE_BYTES else "IVF,PQ"
+        key = "IVF" if n * (dim * 4 + 8) <= budget else "IVF,PQ"
     if key.lower() == "flat":
         return "Flat"
     if key.upper() == "IVF":
@@ -89,7 +111,8 @@ class KnnIndex:
     dim: vector length; metric: 'l2' or 'cosine'; factory: a FAISS factory string (see
     `choose_factory`); nprobe: IVF cells visited per query (None: `default_nprobe`); train_size:
     vectors buffered to train an index that needs it (None: 40 per IVF cell, at least 10,000);
-    gpu: put the index on every GPU (None: when FAISS sees any).
+    gpu: put the index on the GPUs (None: when FAISS sees any); placement: where it trains and
+    lives (default: `default_placement(gpu)`).
     """
 
     def __init__(
@@ -100,6 +123,7 @@ class KnnIndex:
         nprobe: int | None = None,
         train_size: int | None = None,
         gpu: bool | None = None,
+        placement: Placement | None = None,
     ):
         if metric not in METRICS:
             raise UsageError(f"unknown metric {metric!r}; choose from: {', '.join(METRICS)}")
@@ -108,8 +132,8 @@ class KnnIndex:
         try:
             cpu = faiss.index_factory(self.dim, factory, fmetric)
         except RuntimeError as e:
-            raise UsageError(f"bad FAISS index {factory!r} for dim {dim}: {_first_line(e)}") from e
-        ivf = _ivf(cpu)
+            raise UsageError(f"bad FAISS index {factory!r} for dim {dim}: {first_line(e)}") from e
+        ivf = ivf_of(cpu)
         if ivf is not None:
             ivf.cp.niter = 10  # k-means iterations; FAISS's 25 buys no recall on features
         if hasattr(cpu, "do_polysemous_training"):
@@ -117,9 +141,8 @@ class KnnIndex:
         self.nlist = ivf.nlist if ivf is not None else 0
         self.nprobe = (nprobe or default_nprobe(self.nlist)) if ivf is not None else None
         self.train_size = train_size or max(40 * self.nlist, 10_000)
-        self.gpu = gpu_count() > 0 if gpu is None else gpu
-        self.index = _to_gpu(cpu) if self.gpu else cpu
-        self.gpu = self.index is not cpu
+        self.placement = placement or default_placement(gpu)
+        self.index = cpu if not cpu.is_trained else self.placement.distribute(cpu)
         self._apply_nprobe()
         self._pending: list[np.ndarray] = []  # vectors waiting for training
         self._pending_ids: list[np.ndarray] = []
@@ -166,12 +189,19 @@ class KnnIndex:
                 f"index {self.factory!r} needs at least {max(self.nlist, 1)} vectors to train, "
                 f"got {len(x)}; use --index Flat or fewer IVF cells"
             )
-        self.index.train(x)
+        self.placement.train(self.index, x)  # on one device, before distributing
+        self.index = self.placement.distribute(self.index)
+        self._apply_nprobe()
         ids = np.concatenate(self._pending_ids)
         self._pending, self._pending_ids = [], []
         self.index.add(x)
         self._ids.append(ids)
         self._ids_cat = None
+
+    @property
+    def gpu(self) -> bool:
+        """Whether the index is (or will be, once trained) on GPUs."""
+        return self.placement.gpu
 
     # -- searching --------------------------------------------------------------------------
 
@@ -212,7 +242,7 @@ class KnnIndex:
     def save(self, out: Writer) -> None:
         """Write index.faiss, ids.npy and knn.json into the job's output folder (atomically)."""
         ids = self.ids()
-        cpu = faiss.index_gpu_to_cpu(self.index) if self.gpu else self.index
+        cpu = faiss.index_gpu_to_cpu(self.index) if on_gpu(self.index) else self.index
         final = out.path(INDEX_FILE)
         tmp = final.with_name(f".{INDEX_FILE}.{os.getpid()}.tmp")
         faiss.write_index(cpu, str(tmp))
@@ -232,7 +262,9 @@ class KnnIndex:
         }
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, gpu: bool | None = None) -> KnnIndex:
+    def load(
+        cls, folder: str | os.PathLike, gpu: bool | None = None, placement: Placement | None = None
+    ) -> KnnIndex:
         """Read an index written by `save` (onto the GPUs when FAISS sees any, unless gpu=False)."""
         folder = Path(folder)
         if not (folder / META_FILE).exists():
@@ -243,9 +275,8 @@ class KnnIndex:
         self.nlist, self.nprobe = meta["nlist"], meta["nprobe"]
         self.train_size = 0
         cpu = read_faiss(folder / INDEX_FILE, self.dim)
-        self.gpu = gpu_count() > 0 if gpu is None else gpu
-        self.index = _to_gpu(cpu) if self.gpu else cpu
-        self.gpu = self.index is not cpu
+        self.placement = placement or default_placement(gpu)
+        self.index = cpu if not cpu.is_trained else self.placement.distribute(cpu)
         self._apply_nprobe()
         self._pending, self._pending_ids = [], []
         self._ids_cat = read_ids(folder / IDS_FILE)
@@ -268,26 +299,21 @@ class KnnIndex:
     def _apply_nprobe(self) -> None:
         if self.nprobe is None:
             return
-        space = faiss.GpuParameterSpace() if self.gpu else faiss.ParameterSpace()
+        space = faiss.GpuParameterSpace() if on_gpu(self.index) else faiss.ParameterSpace()
         space.set_index_parameter(self.index, "nprobe", int(self.nprobe))
 
 
-def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
-    try:
-        return faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return None
+def on_gpu(index: faiss.Index) -> bool:
+    """Whether `index` is a GPU index (or GPU replicas / shards)."""
+    if isinstance(index, faiss.IndexReplicas | faiss.IndexShards):
+        return index.count() > 0 and on_gpu(index.at(0))
+    return type(index).__name__.startswith("Gpu")
 
 
-def _to_gpu(cpu: faiss.Index) -> faiss.Index:
-    """`cpu` cloned onto every GPU; `cpu` itself when FAISS cannot put that index type there."""
-    try:
-        return faiss.index_cpu_to_all_gpus(cpu)
-    except (RuntimeError, AttributeError) as e:
-        print(f"jaxviz: index stays on the CPU ({_first_line(e)})", file=sys.stderr)
-        return cpu
-
-
-def _first_line(e: BaseException) -> str:
-    text = re.sub(r"\s+", " ", str(e)).strip()
-    return text.split("Error in")[0].strip() or text[:200]
+def default_placement(gpu: bool | None = None) -> Placement:
+    """GPUs of this process (all FAISS sees, or with one process per GPU its own) with FAISS's
+    share of the memory plan; the CPU without GPUs or with gpu=False."""
+    gpus = this_process_gpus(gpu_count()) if gpu is not False else []
+    if not gpus:
+        return CpuPlacement()
+    return GpuPlacement(gpus, faiss_share(len(gpus)))

@@ -78,7 +78,10 @@ def _accelerator() -> bool:
 
 def _jax(x, *, perplexity, n_iter, ee_iter, seed, mode, progress, n_jobs, **engine):
     from jaxviz.index.tsne_jax import TSNEConfig, tsne_jax
+    from jaxviz.runtime import memory
 
+    # exact repulsion: ~6 float32 per (row, point) pair of a [tile, N] block
+    engine.setdefault("tile", memory.plan().chunk(24 * len(x), len(x), cpu_bounded=True))
     config = TSNEConfig(
         perplexity=perplexity,
         n_iter=n_iter,

@@ -76,13 +76,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="perturbations (IG steps, SmoothGrad samples, deletion steps) per pass; each pass "
-        "runs chunk x batch images (default: sized from --memory-mb)",
+        "runs chunk x batch images (default: from the device-memory plan, or --memory-mb)",
     )
     p.add_argument(
         "--memory-mb",
         type=float,
-        default=1024,
-        help="activation memory budget per pass that sizes --chunk (default: 1024)",
+        default=None,
+        help="activation memory per device and pass that sizes --chunk (default: the "
+        "device-memory plan's budget; `jaxviz doctor --plan` prints it)",
     )
     if command == "gradcam":
         p.add_argument(

@@ -30,7 +30,7 @@ from jaxviz.data.sources import Source, open_source
 from jaxviz.errors import UsageError
 from jaxviz.index.feature_store import DTYPES as STORE_DTYPES
 from jaxviz.index.feature_store import FeatureStore, FeatureWriter
-from jaxviz.index.knn import METRICS, KnnIndex, choose_factory
+from jaxviz.index.knn import METRICS, KnnIndex, choose_factory, gpu_count
 from jaxviz.jobs.common import (
     add_data_args,
     add_model_args,
@@ -42,6 +42,7 @@ from jaxviz.jobs.output import JobOutput
 from jaxviz.jobs.scan import ScanJob
 from jaxviz.methods.retrieval import drop_self, precision_at_k
 from jaxviz.models.stage import stage_shapes
+from jaxviz.runtime.memory import share_with_faiss
 
 PARTS = ".parts"  # under --out: each process's own store in a multi-process run (then merged)
 
@@ -262,6 +263,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def prepare(args: argparse.Namespace) -> ScanJob:
     """The job as one streaming pass (shareable with other scan jobs by the sweep)."""
+    share_with_faiss(0 if args.index.lower() == "none" else gpu_count())  # before JAX starts
     model, params = model_from_args(args)
     layer = args.layer or model.features_stage
     model.index(layer)

@@ -24,7 +24,7 @@ from jaxviz.data.decode import BadInput
 from jaxviz.data.sources import Source, open_source
 from jaxviz.errors import UsageError
 from jaxviz.index.feature_store import FeatureStore, FeatureWriter
-from jaxviz.index.knn import KnnIndex
+from jaxviz.index.knn import KnnIndex, gpu_count
 from jaxviz.jobs.common import DTYPES, add_out_arg
 from jaxviz.jobs.features import FeatureConsumer
 from jaxviz.jobs.output import JobOutput
@@ -33,6 +33,7 @@ from jaxviz.methods.retrieval import drop_self, precision_at_k
 from jaxviz.models.stage import cast_params
 from jaxviz.models.zoo import load_model
 from jaxviz.render.grid import caption, tile_grid
+from jaxviz.runtime.memory import share_with_faiss
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -110,6 +111,7 @@ def label_name(label: int, names: list[str] | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    share_with_faiss(gpu_count())  # before JAX starts: the index gets its share of the GPUs
     if args.k < 1:
         raise UsageError(f"--k must be >= 1, got {args.k}")
     store = FeatureStore(args.index)

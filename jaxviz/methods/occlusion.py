@@ -25,11 +25,11 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
-import psutil
 from jax.sharding import Mesh, PartitionSpec
 
 from jaxviz.models.geometry import Pair
 from jaxviz.models.stage import Model, Params, forward_fn, stage_shapes
+from jaxviz.runtime import memory
 from jaxviz.runtime.devices import local_mesh, round_up
 
 OUTPUTS = ("drop", "prob", "logit")
@@ -173,29 +173,20 @@ class FullForward:
 
 
 def default_budget() -> int:
-    """Bytes for occlusion chunks per device: half the free memory of an accelerator, or a tenth
-    of the available host RAM split over the CPU devices."""
-    dev = jax.local_devices()[0]
-    stats = dev.memory_stats() if dev.platform != "cpu" else None
-    if stats and "bytes_limit" in stats:
-        return int(0.5 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
-    return int(0.1 * psutil.virtual_memory().available / jax.local_device_count())
+    """Bytes for occlusion chunks per device: the memory plan's work budget."""
+    return memory.plan().work_bytes
 
 
-# On a CPU, cache beats batch size: forward batches of ~128 MiB of activations ran fastest
-# (224 px, positions/s at 16 vs 128 positions a chunk: Lite0 51 vs 36, resnet18 29 vs 28.5).
-CPU_CHUNK_BYTES = 128 * 2**20
-CPU_MIN_CHUNK = 4
-
-
-def auto_chunk(evaluator: Evaluator, images_per_device: int, n_positions: int, budget: int) -> int:
-    """Positions per chunk so that images_per_device * chunk positions fit in `budget` bytes
-    (on a CPU also in CPU_CHUNK_BYTES, but at least CPU_MIN_CHUNK positions)."""
-    per = max(1, evaluator.bytes_per_position * images_per_device)
-    chunk = budget // per
-    if jax.default_backend() == "cpu":
-        chunk = min(chunk, max(CPU_MIN_CHUNK, CPU_CHUNK_BYTES // per))
-    return int(max(1, min(n_positions, chunk)))
+def auto_chunk(
+    evaluator: Evaluator, images_per_device: int, n_positions: int, budget: int | None = None
+) -> int:
+    """Positions per chunk from the memory plan (`runtime.memory`): images_per_device * chunk
+    positions fit in `budget` bytes (default: the plan's work budget); on a CPU the plan also
+    keeps the chunk's activations cache-sized (`Plan.chunk(cpu_bounded=True)`)."""
+    plan = memory.plan(budget_mb=None if budget is None else budget / 2**20)
+    return plan.chunk(
+        evaluator.bytes_per_position * images_per_device, n_positions, cpu_bounded=True
+    )
 
 
 def partition(evaluator: Evaluator, corners: np.ndarray) -> list[tuple[int, np.ndarray]]:
@@ -295,7 +286,7 @@ def occlusion_fn(
     evaluator = evaluator or FullForward(model, image_hw, window)
     corners = positions(image_hw, window, stride) * np.asarray(stride, np.int32)
     n_pos = corners.shape[0]
-    chunk = chunk or auto_chunk(evaluator, images_per_device, n_pos, budget or default_budget())
+    chunk = chunk or auto_chunk(evaluator, images_per_device, n_pos, budget)
     chunk = min(chunk, n_pos)
     sigma = blur_sigma if blur_sigma is not None else max(window) / 4
 
@@ -353,7 +344,8 @@ def occlusion(
     fill: a constant in normalized input units, "mean" or "blur" (sigma: blur_sigma, default
     max(window) / 4). output: "drop" (unoccluded probability minus occluded: Captum with a softmax
     forward), "prob" or "logit". chunk: positions per chunk (default: from `budget` bytes per
-    device, default `default_budget()`). The batch is padded to a multiple of the mesh size.
+    device, default the memory plan's, `runtime.memory`). The batch is padded to a multiple of
+    the mesh size.
     """
     window = (window, window) if isinstance(window, int) else tuple(window)
     stride = (stride, stride) if isinstance(stride, int) else tuple(stride)

@@ -23,6 +23,7 @@ import numpy as np
 from jaxviz.errors import UsageError
 from jaxviz.models.geometry import Pair
 from jaxviz.models.stage import Model, stage_shapes
+from jaxviz.runtime import memory
 
 PRED = -1
 
@@ -118,10 +119,14 @@ def gradient_sum(
 
 
 def chunk_for_budget(
-    model: Model, batch: int, input_size: Pair | None = None, budget_mb: float = 1024.0
+    model: Model, batch: int, input_size: Pair | None = None, budget_mb: float | None = None
 ) -> int:
-    """Perturbations per pass so that a pass's activations (kept for the backward pass, with
-    their gradients: ~3 float32 copies of every stage output) fit in `budget_mb` MiB."""
+    """Perturbations per pass from the memory plan (`runtime.memory`): a pass's activations
+    (kept for the backward pass, with their gradients: ~3 float32 copies of every stage output)
+    for the batch's share of one device fit in the plan's work budget, or in `budget_mb` MiB
+    per device (`--memory-mb`)."""
+    plan = memory.plan(budget_mb=budget_mb)
     shapes = stage_shapes(model, input_size)
     per_image = 3 * 4 * sum(math.prod(s) for s in shapes.values())
-    return max(1, int(budget_mb * 2**20 // (per_image * max(batch, 1))))
+    per_device = -(-max(batch, 1) // plan.devices)
+    return plan.chunk(per_image * per_device)
