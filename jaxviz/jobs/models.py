@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from jaxviz.models.geometry import ReceptiveField
 from jaxviz.models.stage import Model, receptive_fields, stage_shapes
 from jaxviz.models.zoo import entry, names
 
@@ -15,7 +16,7 @@ def describe(model: Model) -> list[dict]:
     rows = []
     for name, rf in receptive_fields(model).items():
         row = {"stage": name, "shape": list(shapes[name])}
-        if rf is not None:
+        if isinstance(rf, ReceptiveField):
             row.update(rf_size=list(rf.size), rf_stride=list(rf.stride), rf_offset=list(rf.offset))
         rows.append(row)
     return rows

@@ -37,7 +37,7 @@ from jaxviz.methods.channel_stats import ChannelStats
 from jaxviz.methods.patches import PatchMiner, box_coverage, crop_patch
 from jaxviz.models.geometry import ReceptiveField
 from jaxviz.models.preprocess import Preprocess
-from jaxviz.models.stage import Model, receptive_fields, stage_shapes
+from jaxviz.models.stage import Model, receptive_field, receptive_fields, stage_shapes
 from jaxviz.render.patches import overview, patch_grid
 from jaxviz.runtime.devices import local_mesh
 
@@ -91,8 +91,7 @@ def parse_channels(spec: str, n: int) -> list[int] | None:
 
 
 def _spatial_layer(model: Model, layer: str) -> tuple[ReceptiveField, int]:
-    model.index(layer)
-    rf = receptive_fields(model)[layer]
+    rf = receptive_field(model, layer, "patch crops")
     shape = stage_shapes(model)[layer]
     if rf is None or len(shape) != 3:
         spatial = [n for n, f in receptive_fields(model).items() if f is not None]

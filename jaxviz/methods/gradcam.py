@@ -3,8 +3,9 @@ Networks via Gradient-based Localization").
 
 At stage L with output A [B, h, w, K]: alpha_k = mean over (h, w) of d logit_target / d A_k, and
 the map is ReLU(sum_k alpha_k A_k) at L's resolution (Captum `LayerGradCam` on L's output). The
-gradient comes from differentiating only the tail of the network, `forward(start=next_stage(L))`,
-w.r.t. A. Guided Grad-CAM multiplies guided backprop by the map upsampled bilinearly to the input.
+gradient is taken w.r.t. a zero perturbation added to A (`forward(perturb=)`), so it counts every
+path from A to the logits and works at any tap of a user's own module (no geometry needed).
+Guided Grad-CAM multiplies guided backprop by the map upsampled bilinearly to the input.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import jax.numpy as jnp
 
 from jaxviz.errors import unknown
 from jaxviz.methods.guided_backprop import guided_gradients
-from jaxviz.methods.targets import score_gradients
-from jaxviz.models.stage import Model, Params, cumulative_geometry, forward
+from jaxviz.methods.targets import resolve
+from jaxviz.models.stage import Model, Params, forward, stage_shapes
 
 
 def spatial_stages(model: Model) -> tuple[str, ...]:
-    """Stages Grad-CAM can explain: spatial outputs, with at least one stage after them."""
-    geo = cumulative_geometry(model)
-    return tuple(s.name for s in model.stages[:-1] if geo[s.name] is not None)
+    """Stages Grad-CAM can explain: spatial [H, W, C] outputs, with at least one stage after."""
+    shapes = stage_shapes(model)
+    return tuple(s.name for s in model.stages[:-1] if len(shapes[s.name]) == 3)
 
 
 def default_layer(model: Model) -> str:
@@ -49,12 +50,27 @@ def gradcam(
     (Captum's relu_attributions=False).
     """
     check_layer(model, layer)
-    acts, _ = forward(model, params, x, stop=layer)
-    nxt = model.next_stage(layer)
-    grads, _, _ = score_gradients(lambda a: forward(model, params, a, start=nxt)[0], acts, target)
+    grads, acts = tap_gradients(model, params, x, target, layer)
     weights = jnp.mean(grads, axis=(1, 2))  # [B, K]
     cam = jnp.einsum("bhwk,bk->bhw", acts, weights)
     return jax.nn.relu(cam) if relu else cam
+
+
+def tap_gradients(
+    model: Model, params: Params, x: jax.Array, target: jax.Array, layer: str
+) -> tuple[jax.Array, jax.Array]:
+    """(d logit_target / d A, A) for A the output of stage `layer`, in one forward and one
+    backward pass. x: [B, H, W, C]; target: [B] int32 (PRED: the predicted class)."""
+    shape = jax.eval_shape(lambda v: forward(model, params, v, stop=layer)[0], x)
+
+    def run(delta: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits, taps = forward(model, params, x, perturb={layer: delta})
+        return logits, taps[layer]
+
+    logits, vjp, acts = jax.vjp(run, jnp.zeros(shape.shape, shape.dtype), has_aux=True)
+    t = resolve(logits, target)
+    (grads,) = vjp(jax.nn.one_hot(t, logits.shape[-1], dtype=logits.dtype))
+    return grads, acts
 
 
 def upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:

@@ -82,6 +82,39 @@ class Geometry:
 IDENTITY = Geometry()
 
 
+class _Unknown:
+    """The geometry of a stage that cannot be derived (see `UNKNOWN`)."""
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN = _Unknown()
+"""A stage geometry that is not known: methods that need geometry (receptive fields, patch
+crops, incremental occlusion) refuse the stage; None, by contrast, means "every output reads
+the whole input" (global pooling, fully connected)."""
+
+
+def union(a: Geometry, b: Geometry) -> Geometry | None:
+    """The smallest window that covers both `a`'s and `b`'s windows of the same output unit
+    (an elementwise op on two branches, e.g. a residual sum); None if their strides differ."""
+    if a.stride != b.stride:
+        return None
+    lo = tuple(max(p, q) for p, q in zip(a.pad_lo, b.pad_lo, strict=True))
+    end = tuple(
+        max(sa - pa, sb - pb)
+        for sa, pa, sb, pb in zip(a.span, a.pad_lo, b.span, b.pad_lo, strict=True)
+    )
+    span = tuple(e + p for e, p in zip(end, lo, strict=True))
+    hi = tuple(
+        max(ha + e - (sa - pa), hb + e - (sb - pb))
+        for ha, sa, pa, hb, sb, pb, e in zip(
+            a.pad_hi, a.span, a.pad_lo, b.pad_hi, b.span, b.pad_lo, end, strict=True
+        )
+    )
+    return Geometry(span, a.stride, lo, hi, (1, 1))
+
+
 @dataclass(frozen=True)
 class ReceptiveField:
     """Receptive field of the units of one stage, in input-image pixels.

@@ -3,7 +3,13 @@
 Every zoo model is a `Model`: a tuple of `Stage`s, each a Flax Linen module applied as a pure
 function of its own variables, plus the stage's spatial `Geometry` (None for stages whose output
 depends on the whole input map: global pooling, fully connected layers, squeeze-excite blocks
-are inside a stage and do not count). Parameters are a plain dict {stage_name: linen variables}.
+are inside a stage and do not count; UNKNOWN where it cannot be derived). Parameters are a plain
+dict {stage_name: linen variables}.
+
+A user's own module (`flax_adapter.from_flax` / `from_nnx`) is a Model with a `program`: the
+module runs whole and its submodule calls are the stages; `forward` is the one entry point for
+both kinds. A stage says what it can do: run on a slice of its input map (`sliceable`), start a
+forward pass (`starts`), and run without its own padding on an input padded with `pad_value`.
 """
 
 from __future__ import annotations
@@ -11,13 +17,14 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxviz.errors import unknown
-from jaxviz.models.geometry import Geometry, Pair, ReceptiveField
+from jaxviz.errors import UsageError, unknown
+from jaxviz.models.geometry import UNKNOWN, Geometry, Pair, ReceptiveField
 from jaxviz.models.preprocess import Preprocess
 
 Params = dict  # {stage_name: {"params": ..., maybe "batch_stats": ...}}
@@ -28,16 +35,34 @@ class Stage:
     """One named stage: `module.apply(variables, x) -> y`, and its geometry.
 
     geometry: the window this stage applies on the (H, W) axes; None when every output depends on
-    the whole input (global pool, fully connected). A residual or inverted-bottleneck block is one
-    stage whose geometry is the composition of its main branch.
+    the whole input (global pool, fully connected); UNKNOWN when it cannot be derived. A residual
+    or inverted-bottleneck block is one stage whose geometry is the composition of its main branch.
+    module: the Linen module (None for the stages of a program, run through `forward`).
+    sliceable: run on a window of its input map, it gives the map's units whose whole window lies
+    inside (its own padding then acts at the window's edges); incremental occlusion needs it.
+    starts: a forward pass can start at this stage (nothing after its input reads values from
+    before it).
     """
 
     name: str
-    module: nn.Module
-    geometry: Geometry | None
+    module: nn.Module | None
+    geometry: Geometry | None | Any
+    sliceable: bool = True
+    starts: bool = True
 
     def apply(self, variables: dict, x: jax.Array) -> jax.Array:
         return self.module.apply(variables, x)
+
+    @property
+    def pad_value(self) -> float | None:
+        """The value of the stage's own padding when it can instead run unpadded on an input
+        already padded with it (`apply_unpadded`); None when it cannot (declared by the module's
+        `pad_value`: 0 for a convolution, -inf for max-pooling)."""
+        return getattr(self.module, "pad_value", None)
+
+    def apply_unpadded(self, variables: dict, x: jax.Array) -> jax.Array:
+        """The stage without its own padding, on x already padded with `pad_value`."""
+        return self.module.apply_unpadded(variables, x)
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,6 +81,7 @@ class Model:
     preprocess: Preprocess
     class_names: tuple[str, ...] | None = None
     extra: dict = field(default_factory=dict)
+    program: Any = None  # flax_adapter.Program for a user's module; None for a chain of stages
 
     @property
     def stage_names(self) -> tuple[str, ...]:
@@ -94,17 +120,35 @@ def forward(
     x: jax.Array,
     start: str | None = None,
     stop: str | None = None,
+    perturb: dict[str, jax.Array] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Run stages `start..stop` (inclusive; default: all) on `x`, the input of stage `start`.
 
     Returns (output of `stop`, {stage_name: output} for every stage run). Under `jit`, taps that
     nobody uses are removed by the compiler. x: [B, H, W, C] float32 (or bf16) for the first stage.
+    perturb: {stage: delta} added to those stages' outputs (d/d delta at 0 is the gradient at the
+    tap, whatever reads it later).
     """
+    if start is not None and not model.stage(start).starts:
+        raise UsageError(
+            f"a forward pass of model {model.name} cannot start at stage {start!r}: code after "
+            "its input reads values from before it (a skip connection around it)"
+        )
+    if model.program is not None:
+        model.index(stop) if stop is not None else None
+        return model.program.run(params, x, start, stop, perturb)
     taps = {}
     for st in _span(model, start, stop):
         x = st.apply(params[st.name], x)
+        if perturb and st.name in perturb:
+            x = x + perturb[st.name]
         taps[st.name] = x
     return x, taps
+
+
+def stage_apply(model: Model, params: Params, name: str, x: jax.Array) -> jax.Array:
+    """Stage `name` alone on x (its input): [B, H, W, C] -> its output."""
+    return forward(model, params, x, start=name, stop=name)[0]
 
 
 def forward_fn(
@@ -125,6 +169,10 @@ def init_params(
     [1, H, W, 3] input. Stopping early skips e.g. VGG's 100M fully connected weights."""
     h, w = input_size or model.input_size
     x = jnp.zeros((1, h, w, 3), jnp.float32)
+    if model.program is not None:
+        if model.program.init is None:
+            raise UsageError(f"model {model.name} has no initializer: pass its parameters")
+        return model.program.init(key, x)
     params = {}
     keys = jax.random.split(key, len(model.stages))
     for st, k in zip(_span(model, None, stop), keys, strict=False):
@@ -151,29 +199,66 @@ def stage_shapes(model: Model, input_size: Pair | None = None) -> dict[str, tupl
     h, w = input_size or model.input_size
     known = _SHAPES.setdefault(model, {})
     if (h, w) not in known:
-        params = jax.eval_shape(lambda: init_params(model, jax.random.key(0), (h, w)))
+        params = abstract_params(model, (h, w))
         x = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
         _, taps = jax.eval_shape(lambda p, v: forward(model, p, v), params, x)
         known[(h, w)] = {k: tuple(v.shape[1:]) for k, v in taps.items()}
     return dict(known[(h, w)])
 
 
-def cumulative_geometry(model: Model) -> dict[str, Geometry | None]:
+def abstract_params(model: Model, input_size: Pair | None = None) -> Params:
+    """Shapes and dtypes of the params (jax.ShapeDtypeStruct leaves); nothing is computed."""
+    if model.program is not None:
+        return model.program.like
+    h, w = input_size or model.input_size
+    return jax.eval_shape(lambda: init_params(model, jax.random.key(0), (h, w)))
+
+
+def cumulative_geometry(model: Model) -> dict[str, Geometry | None | Any]:
     """For every stage, the composed geometry from the input image to that stage's output.
 
-    None from the first global stage on: those units see the whole image.
+    None from the first global stage on: those units see the whole image. UNKNOWN where it
+    cannot be derived (a program's tap, or a chain after a stage of UNKNOWN geometry).
     """
-    out: dict[str, Geometry | None] = {}
-    acc: Geometry | None = Geometry()
+    if model.program is not None:
+        return dict(model.program.cumulative)
+    out: dict[str, Geometry | None | Any] = {}
+    acc: Geometry | None | Any = Geometry()
     for st in model.stages:
-        acc = None if acc is None or st.geometry is None else acc.then(st.geometry)
+        if acc is None or st.geometry is None:
+            acc = None
+        elif acc is UNKNOWN or st.geometry is UNKNOWN:
+            acc = UNKNOWN
+        else:
+            acc = acc.then(st.geometry)
         out[st.name] = acc
     return out
 
 
-def receptive_fields(model: Model) -> dict[str, ReceptiveField | None]:
-    """For every stage, its units' receptive field in input pixels (None: the whole image)."""
+def receptive_fields(model: Model) -> dict[str, ReceptiveField | None | Any]:
+    """For every stage, its units' receptive field in input pixels (None: the whole image;
+    UNKNOWN: geometry not known, see `receptive_field`)."""
     return {
-        k: None if g is None else ReceptiveField.of(g)
+        k: g if g is None or g is UNKNOWN else ReceptiveField.of(g)
         for k, g in cumulative_geometry(model).items()
     }
+
+
+def receptive_field(
+    model: Model, layer: str, purpose: str = "receptive fields"
+) -> ReceptiveField | None:
+    """The receptive field of stage `layer` (None: the whole image); a one-line UsageError
+    naming the stage when its geometry is unknown."""
+    model.index(layer)
+    rf = receptive_fields(model)[layer]
+    if rf is UNKNOWN:
+        raise UsageError(
+            f"stage {layer!r} of model {model.name} has no known geometry, which {purpose} need; "
+            f"stages with geometry: {', '.join(known_geometry(model)) or 'none'}"
+        )
+    return rf
+
+
+def known_geometry(model: Model) -> tuple[str, ...]:
+    """Stages whose units have a known, spatial receptive field."""
+    return tuple(k for k, g in cumulative_geometry(model).items() if isinstance(g, Geometry))

@@ -1,16 +1,22 @@
 """The model zoo: names, builders, embedded weights and checkpoint readers.
 
 `--model` takes a zoo name with embedded weights (`demo`, `efficientnet_lite0`), `NAME=PATH` for a
-checkpoint the user has, or `NAME` with `random_init=True` for tests and benchmarks.
+checkpoint the user has, `NAME` with `random_init=True` for tests and benchmarks, `MODULE:ATTR`
+for a factory returning (Model, params) (e.g. through `jaxviz.from_flax`; MODULE is imported
+with the working directory on sys.path), or the name of an installed plugin: an entry point in
+the group `jaxviz.models` whose object is such a factory or a `ZooEntry`.
 Each family module defines a `ZooEntry` object; this registry imports it lazily.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 
 import jax
 
@@ -50,22 +56,71 @@ def register(name: str, target: str) -> None:
     _REGISTRY[name] = target
 
 
+PLUGIN_GROUP = "jaxviz.models"
+
+
+def plugins() -> dict[str, object]:
+    """Installed plugins: {name: entry point} of the group `jaxviz.models`."""
+    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+
 def names() -> list[str]:
-    return sorted(_REGISTRY)
+    """Zoo names and installed plugins."""
+    return sorted(set(_REGISTRY) | set(plugins()))
 
 
 def entry(name: str) -> ZooEntry:
+    """The zoo entry `name`; an installed plugin's factory becomes an entry whose build and
+    weights come from one call of it."""
     if name not in _REGISTRY:
-        raise unknown("model", name, names())
+        found = plugins().get(name)
+        if found is None:
+            raise unknown("model", name, names())
+        obj = found.load()
+        if isinstance(obj, ZooEntry):
+            return obj
+        made = functools.cache(lambda: _checked(name, obj()))
+        doc = (getattr(obj, "__doc__", None) or f"plugin {found.value}").strip().splitlines()[0]
+        return ZooEntry(name, doc, lambda: made()[0], lambda model: made()[1])
     module, attr = _REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def factory(spec: str) -> Callable[[], tuple[Model, Params]]:
+    """The factory named by 'MODULE:ATTR' (ATTR may be dotted), imported with the working
+    directory on sys.path; a one-line UsageError if it cannot be imported or called."""
+    module, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as e:
+        raise UsageError(f"--model {spec}: cannot import {module!r} ({e})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"--model {spec}: module {module!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UsageError(f"--model {spec}: {attr!r} is not callable")
+    return obj
+
+
+def _checked(spec: str, made: object) -> tuple[Model, Params]:
+    if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], Model)):
+        raise UsageError(f"--model {spec}: the factory must return (Model, params)")
+    return made
 
 
 def load_model(spec: str, random_init: bool = False, seed: int = 0) -> tuple[Model, Params]:
     """Parse a `--model` spec and return (model, params).
 
-    spec: 'NAME' (embedded weights, or random with random_init) or 'NAME=PATH' (a checkpoint).
+    spec: 'NAME' (embedded weights, or random with random_init), 'NAME=PATH' (a checkpoint),
+    'MODULE:ATTR' (a factory returning (Model, params)) or an installed plugin's name.
     """
+    if ":" in spec and "=" not in spec:
+        if random_init:
+            raise UsageError(f"--random-init does not apply to --model {spec}")
+        return _checked(spec, factory(spec)())
     name, _, path = spec.partition("=")
     e = entry(name)
     model = e.build()
