@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "features": ("jaxviz.jobs.features", "features of a dataset to .npy shards + a FAISS index"),
     "neighbors": ("jaxviz.jobs.neighbors", "k nearest images of queries in a features index"),
     "tsne": ("jaxviz.jobs.tsne", "t-SNE of stored features: scatter by label + image-grid mosaic"),
+    "atlas": (
+        "jaxviz.jobs.atlas",
+        "browsable site of every channel: top patches, stats, feature viz",
+    ),
 }
 
 
