@@ -72,6 +72,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--top", type=int, default=9, help="patches per channel (default: 9)")
     p.add_argument(
+        "--max-channels",
+        type=int,
+        default=0,
+        help="only the first N channels of each stage, 0 for all (default: 0)",
+    )
+    p.add_argument(
         "--per-image-max",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -132,7 +138,7 @@ def _check(args: argparse.Namespace) -> None:
     for name in ("top", "viz_batch", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("viz_steps", "tsne_points", "queries"):
+    for name in ("max_channels", "viz_steps", "tsne_points", "queries"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
 
@@ -174,15 +180,17 @@ def prepare(args: argparse.Namespace) -> ScanJob:
     source = open_source(args.data)
     config = {
         **model_config(args),
-        **{k: getattr(args, k) for k in ("layers", "top", "per_image_max", "viz_batch")},
+        **{k: getattr(args, k) for k in ("layers", "max_channels", "top", "per_image_max")},
+        "viz_batch": args.viz_batch,
         "viz": viz_config(args),
         **{k: getattr(args, k) for k in ("tsne_points", "queries", "data", "batch_size", "limit")},
     }
     out = JobOutput(args.out, "atlas", config)
     tag = hashlib.sha1(str(out.out.resolve()).encode()).hexdigest()[:8]  # unique in a sweep
     mesh = local_mesh()
+    chans = {n: _channels(stage_shapes(model)[n][-1], args.max_channels) for n in layers}
     miners = {
-        n: PatchMiner(n, None, args.top, per_image_max=args.per_image_max, mesh=mesh,
+        n: PatchMiner(n, chans[n], args.top, per_image_max=args.per_image_max, mesh=mesh,
                       name=f"atlas_{tag}_top_{n}")
         for n in layers
     }  # fmt: skip
@@ -217,6 +225,11 @@ def prepare(args: argparse.Namespace) -> ScanJob:
 
 def run(args: argparse.Namespace) -> int:
     return prepare(args).run()
+
+
+def _channels(n: int, max_channels: int) -> list[int] | None:
+    """The mined channels: None (all n) or the first max_channels."""
+    return None if max_channels in (0, n) or max_channels > n else list(range(max_channels))
 
 
 def _label_name(source: Source, label: int | None) -> str:
@@ -258,15 +271,18 @@ def _feature_viz(
     model: Model,
     params: Params,
     layer: str,
+    channels: np.ndarray,
     start: np.ndarray | None,
-    n_channels: int,
     out: JobOutput,
 ) -> np.ndarray | None:
-    """[C, H, W, 3] float32 in [0, 1]: the layer's feature visualizations, computed in batches of
-    --viz-batch channels (one compile), or read back when a finished run's settings match."""
+    """[C, H, W, 3] float32 in [0, 1]: the feature visualizations of `channels` [C] (starting
+    from `start` [C, H, W, 3] in [0, 255], or noise), computed in batches of --viz-batch
+    channels (one compile), or read back when a finished run's settings match."""
     if args.viz_steps == 0:
         return None
-    meta = {"model": model_config(args), "layer": layer, **viz_config(args)}
+    meta = {"model": model_config(args), "layer": layer, "channels": len(channels),
+            **viz_config(args)}  # fmt: skip
+    n_channels = len(channels)
     done = out.path(f"{layer}/feature_viz.json")
     if done.exists() and json.loads(done.read_text()) == meta:
         return np.load(out.path(f"{layer}/feature_viz.npy"))
@@ -281,12 +297,12 @@ def _feature_viz(
     result = []
     with Progress(n_channels, f"feature viz {layer}", unit="ch") as bar:
         for a in range(0, n_channels, batch):
-            chans = np.arange(a, a + batch) % n_channels  # the last batch wraps: fixed shape
+            rows = np.arange(a, a + batch) % n_channels  # the last batch wraps: fixed shape
             s = None
             if start is not None:
-                s = put(np.asarray(model.preprocess.normalize(jnp.asarray(start[chans]))))
+                s = put(np.asarray(model.preprocess.normalize(jnp.asarray(start[rows]))))
             t0 = time.perf_counter()
-            x = step(params, put(chans.astype(np.int32)), key, s)
+            x = step(params, put(channels[rows].astype(np.int32)), key, s)
             x = np.asarray(model.preprocess.denormalize(x))[: min(batch, n_channels - a)]
             out.timing("feature_viz_s", time.perf_counter() - t0)
             result.append(x)
@@ -301,11 +317,11 @@ def _layer(args, model, params, source, out: JobOutput, layer: str, top: dict, s
     """Pictures, arrays and page data of one stage: {"shape", "rf", "channels": [...]}."""
     rf = receptive_fields(model)[layer]
     shape = stage_shapes(model)[layer]
-    n = shape[-1]
+    chans = np.asarray(_channels(shape[-1], args.max_channels) or range(shape[-1]))
     size = int(min(max(max(rf.size), 48), 128))
     patches, boxes, _ = cut_patches(source, model.preprocess, rf, top, size, out)
     shown, start = _full_images(source, model, top, boxes, args.viz_start == "top")
-    viz = _feature_viz(args, model, params, layer, start, n, out)
+    viz = _feature_viz(args, model, params, layer, chans, start, out)
     for name in ("values", "image", "y", "x"):
         out.npy(f"{layer}/top_{name}.npy", top[name])
     out.npy(f"{layer}/top_boxes.npy", boxes)
@@ -313,16 +329,17 @@ def _layer(args, model, params, source, out: JobOutput, layer: str, top: dict, s
         out.npy(f"{layer}/channel_{k}.npy", st[k])
     valid = top["image"] >= 0
     channels = []
-    for ch in range(n):
+    for j, ch in enumerate(chans):
+        ch = int(ch)
         stem = f"{layer}/c{ch:04d}"
-        out.png(f"{stem}_patches.png", patch_grid(patches[ch], top["values"][ch], valid[ch],
+        out.png(f"{stem}_patches.png", patch_grid(patches[j], top["values"][j], valid[j],
                                                   f"{layer} ch {ch}"))  # fmt: skip
-        out.png(f"{stem}_top.png", patches[ch, 0])
-        out.png(f"{stem}_images.png", tile_grid(shown[ch], ncols=min(args.top, 3), border=2))
-        v = viz[ch] if viz is not None else np.full((*model.preprocess.size, 3), 0.5)
+        out.png(f"{stem}_top.png", patches[j, 0])
+        out.png(f"{stem}_images.png", tile_grid(shown[j], ncols=min(args.top, 3), border=2))
+        v = viz[j] if viz is not None else np.full((*model.preprocess.size, 3), 0.5)
         big = upscale(v, max(1, -(-VIZ_PX // max(v.shape[:2]))))
         out.png(f"{stem}_viz.png", (big * 255 + 0.5).astype(np.uint8))
-        labels = [source.info(int(i)).label for i in top["image"][ch][valid[ch]]]
+        labels = [source.info(int(i)).label for i in top["image"][j][valid[j]]]
         hist: dict[str, int] = {}
         if source.class_names or any(lb is not None for lb in labels):
             for lb in labels:
@@ -336,18 +353,18 @@ def _layer(args, model, params, source, out: JobOutput, layer: str, top: dict, s
                 "top": [
                     {
                         "rank": r,
-                        "value": float(top["values"][ch, r]),
-                        "image": int(top["image"][ch, r]),
-                        "id": source.info(int(top["image"][ch, r])).id,
+                        "value": float(top["values"][j, r]),
+                        "image": int(top["image"][j, r]),
+                        "id": source.info(int(top["image"][j, r])).id,
                         "label": _label_name(source, labels[r]),
-                        "box": [int(b) for b in boxes[ch, r]],
+                        "box": [int(b) for b in boxes[j, r]],
                     }
-                    for r in range(int(valid[ch].sum()))
+                    for r in range(int(valid[j].sum()))
                 ],
             }
         )
     out.json(f"{layer}/channels.json", channels)
-    out.count("channels", n)
+    out.count("channels", len(chans))
     return {"shape": shape, "rf": rf, "units": st["units"], "channels": channels}
 
 

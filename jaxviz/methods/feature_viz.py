@@ -27,8 +27,9 @@ def channel_mean(model: Model, params: Params, x: jax.Array, layer: str, channel
     """Mean over positions of channel channels[i] of `layer` at image i: x [B, H, W, 3]
     normalized, channels [B] int32 -> [B] float32."""
     a = forward_fn(model, stop=layer)(params, x).astype(jnp.float32)  # [B, h, w, C]
-    picked = jnp.take_along_axis(a, channels[:, None, None, None], axis=3)[..., 0]
-    return picked.mean(axis=(1, 2))
+    # a one-hot contraction, not take_along_axis: its gradient is a product, not a scatter
+    pick = jax.nn.one_hot(channels, a.shape[-1], dtype=a.dtype)  # [B, C]
+    return jnp.einsum("bhwc,bc->b", a, pick) / (a.shape[1] * a.shape[2])
 
 
 def channel_visualization(
