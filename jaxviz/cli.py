@@ -41,6 +41,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "tsne": ("jaxviz.jobs.tsne", "t-SNE of stored features: scatter by label + image-grid mosaic"),
     "pack": ("jaxviz.jobs.pack", "write any --data source as tar shards, ArrayRecord or Parquet"),
+    "atlas": (
+        "jaxviz.jobs.atlas",
+        "browsable site of every channel: top patches, stats, feature viz",
+    ),
 }
 
 

@@ -54,6 +54,56 @@ def _jittered_grad(fn, x: jax.Array, key: jax.Array, jitter: int) -> jax.Array:
     return jnp.roll(g, (-dy, -dx), axis=(1, 2))
 
 
+def ascend(
+    score,
+    x0: jax.Array,
+    key: jax.Array,
+    lo: jax.Array,
+    hi: jax.Array,
+    steps: int = 200,
+    lr: float = 0.1,
+    l2: float = 1e-3,
+    jitter: int = 4,
+    blur_every: int = 4,
+    blur_sigma: float = 0.5,
+    clip_norm_pct: float = 0.0,
+    blur_until: float = 0.75,
+) -> jax.Array:
+    """Regularized gradient ascent of `score` ([B, H, W, 3] -> [B] or [B, 1]) from x0 [B, H, W, 3].
+
+    Each step: x += lr_i * g / mean|g| (g: gradient of the score at the jittered image, lr_i a
+    cosine decay from lr), then x *= 1 - l2, every `blur_every` steps of the first `blur_until`
+    fraction a Gaussian blur of std `blur_sigma` px (the last steps sharpen the image the blur
+    kept smooth), then clipping to [lo, hi]. clip_norm_pct: Yosinski's small-norm clipping: after
+    each step, the pixels whose norm over channels is below this per-image quantile (0..1; 0 =
+    off) are reset to the mean colour (0). Image i's score must depend on image i only: then a
+    batch gives the same images as one call per image (jitter shifts are shared by the batch).
+    """
+    size = 2 * max(1, round(2 * blur_sigma)) + 1
+
+    def body(i: int, x: jax.Array) -> jax.Array:
+        g = _jittered_grad(score, x, jax.random.fold_in(key, i), jitter)
+        rate = lr * 0.5 * (1.0 + jnp.cos(jnp.pi * i / steps))
+        x = (x + rate * _per_image_normalize(g)) * (1.0 - l2)
+        blurred = ((i + 1) % blur_every == 0) & (i < blur_until * steps)
+        x = jnp.where(blurred, blur(x, blur_sigma, size), x)
+        if clip_norm_pct > 0:
+            norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
+            x = jnp.where(norm < jnp.quantile(norm, clip_norm_pct, (1, 2, 3), keepdims=True), 0, x)
+        return jnp.clip(x, lo, hi)
+
+    return jax.lax.fori_loop(0, steps, body, x0)
+
+
+def start_image(model: Model, n: int, key: jax.Array, init_std: float = 0.1) -> jax.Array:
+    """The starting point of ascent: one N(0, init_std) image (normalized units: the mean colour
+    plus noise) shared by all n rows, clipped to valid pixels: [n, H, W, 3] float32."""
+    h, w = model.input_size
+    lo, hi = valid_range(model.preprocess)
+    x0 = init_std * jax.random.normal(key, (1, h, w, 3), jnp.float32)
+    return jnp.clip(jnp.broadcast_to(x0, (n, h, w, 3)), lo, hi)
+
+
 def class_visualization(
     model: Model,
     params: Params,
@@ -72,21 +122,13 @@ def class_visualization(
 ) -> jax.Array:
     """Class-model images: [B] int32 classes -> [B, H, W, 3] float32 normalized images.
 
-    Each step: x += lr * g / mean|g| (g: gradient of the class logit at the jittered image), then
-    x *= 1 - l2, every `blur_every` steps of the first `blur_until` fraction a Gaussian blur of std
-    `blur_sigma` px (the last steps sharpen the image the blur kept smooth), then clipping.
-    objective: "logprob" (log-softmax of the class) or "logit" (its pre-softmax score).
-    clip_norm_pct: Yosinski's small-norm clipping: after each step, the pixels whose norm over
-    channels is below this per-image quantile (0..1; 0 = off) are reset to the mean colour (0).
-    Starts from N(0, init_std) in normalized units (the dataset mean colour plus noise).
+    `ascend` on the class score, objective: "logprob" (log-softmax of the class) or "logit" (its
+    pre-softmax score), from `start_image` (N(0, init_std) in normalized units).
     """
-    h, w = model.input_size
     lo, hi = valid_range(model.preprocess)
     init_key, key = jax.random.split(key)
-    x0 = init_std * jax.random.normal(init_key, (1, h, w, 3), jnp.float32)
-    x0 = jnp.clip(jnp.broadcast_to(x0, (classes.shape[0], h, w, 3)), lo, hi)
+    x0 = start_image(model, classes.shape[0], init_key, init_std)
     score = forward_fn(model)
-    size = 2 * max(1, round(2 * blur_sigma)) + 1
 
     def logit(z: jax.Array) -> jax.Array:
         out = score(params, z).astype(jnp.float32)
@@ -94,18 +136,10 @@ def class_visualization(
             out = jax.nn.log_softmax(out, axis=-1)
         return jnp.take_along_axis(out, classes[:, None], axis=1)
 
-    def body(i: int, x: jax.Array) -> jax.Array:
-        g = _jittered_grad(logit, x, jax.random.fold_in(key, i), jitter)
-        rate = lr * 0.5 * (1.0 + jnp.cos(jnp.pi * i / steps))
-        x = (x + rate * _per_image_normalize(g)) * (1.0 - l2)
-        blurred = ((i + 1) % blur_every == 0) & (i < blur_until * steps)
-        x = jnp.where(blurred, blur(x, blur_sigma, size), x)
-        if clip_norm_pct > 0:
-            norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-            x = jnp.where(norm < jnp.quantile(norm, clip_norm_pct, (1, 2, 3), keepdims=True), 0, x)
-        return jnp.clip(x, lo, hi)
-
-    return jax.lax.fori_loop(0, steps, body, x0)
+    return ascend(
+        logit, x0, key, lo, hi, steps, lr, l2, jitter, blur_every, blur_sigma, clip_norm_pct,
+        blur_until,
+    )  # fmt: skip
 
 
 def total_variation(x: jax.Array, beta: float = 2.0) -> jax.Array:
