@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxviz.runtime.lock import lock_out
-
 from jaxviz.errors import UsageError
+from jaxviz.runtime.lock import lock_out
 
 LAYOUT = 2  # 2: per-item results in array stores and a Parquet table (1: a .npy per item)
 MARKER = ".jaxviz"

@@ -144,7 +144,8 @@ def scan(
     and on interrupt (KeyboardInterrupt, SIGTERM turned into one), and a rerun resumes from it.
     With several processes, each streams its share of the data (blocks of items, see `rows`
     below), then process 0 merges every consumer's state (`merge`) and returns the results;
-    the others return None. Returns {consumer name: consumer.finish()}. workers and exact_decode go to the input pipeline.
+    the others return None. Returns {consumer name: consumer.finish()}. workers and
+    exact_decode go to the input pipeline.
     """
     if process_count > 1:
         lacking = [c.name for c in consumers if not hasattr(c, "merge")]
