@@ -11,21 +11,22 @@ predictions.npy [N, 3] int64 (source index, label, predicted class) and confusio
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.data.pipeline import Batch
-from jaxviz.data.sources import Source, open_source
+from jaxviz.data.sources import Source
 from jaxviz.errors import UsageError
 from jaxviz.jobs.common import (
-    add_data_args,
-    add_model_args,
-    add_out_arg,
+    DataOptions,
+    ModelOptions,
+    OutOptions,
     model_config,
     model_from_args,
+    source_from_args,
 )
 from jaxviz.jobs.output import JobOutput
 from jaxviz.jobs.scan import ScanJob
@@ -100,10 +101,9 @@ class TopK:
         }
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
-    add_data_args(p)
-    add_out_arg(p, "out/evaluate")
+@dataclass(kw_only=True)
+class EvaluateConfig(ModelOptions, DataOptions, OutOptions):
+    """`jaxviz evaluate`: the shared model, data and output options only."""
 
 
 def check_labels(model: Model, source: Source, spec: str) -> None:
@@ -124,12 +124,10 @@ def _names(names: tuple[str, ...], most: int = 6) -> str:
     return ", ".join(names[:most]) + (f", ... ({len(names)} classes)" if len(names) > most else "")
 
 
-def prepare(args: argparse.Namespace) -> ScanJob:
+def prepare(args: EvaluateConfig) -> ScanJob:
     """The job as one streaming pass (shareable with other scan jobs by the sweep)."""
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, params = model_from_args(args)
-    source = open_source(args.data)
+    source = source_from_args(args)
     check_labels(model, source, args.data)
     config = {
         **model_config(args),
@@ -166,5 +164,5 @@ def prepare(args: argparse.Namespace) -> ScanJob:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: EvaluateConfig) -> int:
     return prepare(args).run()

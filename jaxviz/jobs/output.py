@@ -4,34 +4,18 @@ an index.html linking them. Every write is atomic (temp file in the same folder,
 from __future__ import annotations
 
 import html
-import io
 import json
 import os
 import platform
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Call write(file) on a temp file beside `path`, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from jaxviz.runtime.files import atomic_write
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
