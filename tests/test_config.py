@@ -75,6 +75,8 @@ def test_one_declaration_gives_the_same_config_from_argv_and_from_a_table():
     from_table = job("patches").from_values(table, "test")
     assert from_cli == from_table and from_cli.out == "out/patches"
     assert from_cli.command == "patches" and from_cli.batch_size == 32
+    # a list for a string option is its comma-separated form, as the CLI spells it
+    assert job("patches").from_values({**table, "channels": [0, 3]}, "t").channels == "0,3"
     # every converted job builds its parser and validates its defaults
     for spec in JOBS.values():
         if spec.config is not None:

@@ -187,7 +187,10 @@ _TYPE_NAMES = {int: "int", float: "float", str: "string", bool: "boolean"}
 
 def _coerce(base: Any, value: Any) -> tuple[Any, bool]:
     """(value as `base`, whether it has that type); ints are accepted as floats, bools never
-    as numbers."""
+    as numbers; a list for a string option is its comma-separated form (`[0, 3]` -> "0,3")."""
+    if base is str and isinstance(value, list):
+        ok = all(isinstance(v, str | int) and not isinstance(v, bool) for v in value)
+        return (",".join(map(str, value)), True) if ok and value else (value, False)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value), True
     if typing.get_origin(base) is list:

@@ -255,7 +255,8 @@ def run(
     out: str | Path | None = None,
     **config: Any,
 ) -> dict:
-    """Run job `job_name` from Python, as `jaxviz JOB` would; returns its manifest.
+    """Run job `job_name` from Python, as `jaxviz JOB` would; returns its manifest ({} for a
+    job that writes none: models, sweep).
 
     model: a --model spec string, a `(Model, params)` pair, or a `Model` with `params=`.
     data: a --data spec string or a `jaxviz.data.sources.Source`.
@@ -289,7 +290,9 @@ def run(
     conf = spec.from_values(config, where)
     with given_inputs(given_model, given_source):
         spec.run(conf)
-    return json.loads((Path(conf.out) / "manifest.json").read_text())
+    folder = getattr(conf, "out", None)
+    manifest = Path(folder) / "manifest.json" if folder else None
+    return json.loads(manifest.read_text()) if manifest and manifest.is_file() else {}
 
 
 def _source(data: Any, where: str, spec: JobSpec):
