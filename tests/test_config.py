@@ -211,3 +211,18 @@ def test_the_default_study_validates_into_configs(tmp_path):
     assert jobs["demo/tsne"].args.features == str(tmp_path / "demo" / "features")
     assert jobs["lite0/occlusion"].args.window == 56  # a legacy job: its parser's namespace
     assert all(j.args.out == str(tmp_path / k) for k, j in jobs.items())
+
+
+def test_run_drives_a_job_not_yet_converted_to_a_config(tmp_path, demo_random):
+    """activations still has add_arguments/run(namespace): jaxviz.run goes through its parser,
+    with the model handed over as objects, and writes what the CLI writes."""
+    argv = ["activations", "--random-init", "--layer", "conv1", "--data", "shapes:2:1"]
+    assert main([*argv, "--out", str(tmp_path / "cli")]) == 0
+    run("activations", model=demo_random, data="shapes:2:1", layer="conv1", out=tmp_path / "py")
+    a, b = _outputs(tmp_path / "cli"), _outputs(tmp_path / "py")
+    assert a.keys() == b.keys() and any(k.endswith(".npy") for k in a)
+    for k in a:
+        if k.endswith(".npy"):
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    with pytest.raises(UsageError, match="data only as a --data spec string"):
+        run("activations", model="demo", data=open_source("shapes:2:1"), layer="conv1")

@@ -14,11 +14,13 @@ from pathlib import Path
 import jaxviz
 
 ROOT = Path(jaxviz.__file__).parent
-# package (first name under jaxviz; "" is jaxviz/__init__.py, the public API) -> layer, top first
+# package (first name under jaxviz; "" is jaxviz/__init__.py; api and results are public Python
+# API beside it) -> layer, top first
 LAYER = {
     "": 5,
     "cli": 5,
     "results": 5,
+    "api": 5,
     "jobs": 4,
     "methods": 3,
     "index": 3,

@@ -27,7 +27,8 @@ SCAN, PER_IMAGE, OTHER = "scan", "per-image", "other"
 @dataclass(frozen=True)
 class JobSpec:
     """One job. kind: SCAN (shares one pass over the data with other scan jobs of the same
-    model and data), PER_IMAGE (writes outputs image by image) or OTHER. `config`: the name of
+    model and data), PER_IMAGE (writes outputs image by image, resumable item by item) or
+    OTHER. `config`: the name of
     its config class in `module` (None: not converted yet). `in_study`: a study may name it."""
 
     name: str
@@ -148,7 +149,7 @@ _SPECS = (
         "classify",
         "jaxviz.jobs.classify",
         "top-k classes with names and probabilities per image",
-        PER_IMAGE,
+        OTHER,
         "ClassifyConfig",
     ),
     JobSpec(
