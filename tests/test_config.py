@@ -64,6 +64,7 @@ def test_neighbors_refuses_k_beyond_the_index(index, tmp_path, capsys):
     argv = ["neighbors", "--index", str(index), "--out", str(tmp_path / "n")]
     line = _cli_error([*argv, "--query", "ids:0,1", "--k", "12"], capsys)
     assert "--k 12 is more than the 11 vectors" in line  # 12 rows, the query itself left out
+    assert not (tmp_path / "n").exists()  # refused before anything is written
     assert main([*argv, "--query", "ids:0,1", "--k", "11"]) == 0
     assert np.load(tmp_path / "n" / "neighbor_index.npy").min() >= 0  # no -1 padding
 

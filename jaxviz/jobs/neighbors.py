@@ -109,8 +109,15 @@ def run(args: NeighborsConfig) -> int:
     meta = store.meta
     base = open_source(meta["source"])
     names = meta.get("class_names")
-    out = JobOutput(args.out, "neighbors", {"index": args.index, "query": args.query, "k": args.k})
     from_ids = args.query.startswith("ids:")
+    same = from_ids or Path(args.query) == Path(meta["source"]) or args.query == meta["source"]
+    most = index.ntotal - (1 if same else 0)  # a query in the index is not its own neighbour
+    if args.k > most:
+        raise UsageError(
+            f"--k {args.k} is more than the {most} vectors of --index {args.index} a query can "
+            "have as neighbours"
+        )
+    out = JobOutput(args.out, "neighbors", {"index": args.index, "query": args.query, "k": args.k})
     if from_ids:
         qsrc, qpos = base, parse_ids(args.query)
         qvec = store.vectors(store.rows_of(qpos))
@@ -122,13 +129,6 @@ def run(args: NeighborsConfig) -> int:
         qpos, qvec, qlabels, qids = qstore.index(), qstore.features(), qstore.labels(), qstore.ids()
         if len(qpos) == 0:
             raise UsageError(f"--query {args.query}: no usable images")
-    same = from_ids or Path(args.query) == Path(meta["source"]) or args.query == meta["source"]
-    most = index.ntotal - (1 if same else 0)  # a query in the index is not its own neighbour
-    if args.k > most:
-        raise UsageError(
-            f"--k {args.k} is more than the {most} vectors of --index {args.index} a query can "
-            "have as neighbours"
-        )
     d, nb = index.search(qvec, args.k + 1 if same else args.k, nprobe=args.nprobe)
     if same:  # a query that is in the index is not its own neighbour
         nb, d = drop_self(nb, d, qpos, args.k)
