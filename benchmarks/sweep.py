@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.hardware import hardware  # noqa: E402
 from jaxviz.jobs import channels, features, patches  # noqa: E402
 from jaxviz.jobs.common import shared_models  # noqa: E402
+from jaxviz.jobs.registry import job  # noqa: E402
 from jaxviz.jobs.scan import run_scan_jobs  # noqa: E402
 
 SIZES = {  # model, images, batch
@@ -34,27 +35,16 @@ SIZES = {  # model, images, batch
 }
 
 
-def _args(module, out: Path, model: str, n: int, batch: int, **extra) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    module.add_arguments(p)
-    argv = [
-        "--model",
-        model,
-        "--random-init",
-        "--data",
-        f"shapes:{n}:3",
-        "--batch-size",
-        str(batch),
-        "--out",
-        str(out),
-    ]
-    for k, v in extra.items():
-        argv += [f"--{k.replace('_', '-')}", str(v)]
-    return p.parse_args(argv)
+def _args(module, out: Path, model: str, n: int, batch: int, **extra):
+    """The job's config, as `jaxviz JOB --model MODEL --random-init ...` builds it."""
+    values = {"model": model, "random_init": True, "data": f"shapes:{n}:3", "batch_size": batch}
+    return job(module.__name__.rsplit(".", 1)[1]).from_values(
+        {**values, "out": str(out), **extra}, "benchmark"
+    )
 
 
 def _specs(root: Path, model: str, n: int, batch: int, layer: str) -> list:
-    """(job module, parsed arguments) of features + patches + channel statistics."""
+    """(job module, config) of features + patches + channel statistics."""
     return [
         (features, _args(features, root / "features", model, n, batch, index="Flat", eval_k=0)),
         (

@@ -32,6 +32,7 @@ _LAZY = {
     "activations": "jaxviz.api",
     "receptive_fields": "jaxviz.api",
     "top_patches": "jaxviz.api",
+    "run": "jaxviz.jobs.registry",
 }
 
 __all__ = sorted(_LAZY)

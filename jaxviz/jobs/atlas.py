@@ -143,11 +143,17 @@ def _check(args: argparse.Namespace) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
 
 
-def _sub_args(module, argv: list[str]) -> argparse.Namespace:
-    """Another job's arguments, parsed by its own parser (as a study does)."""
-    parser = argparse.ArgumentParser(prog=f"jaxviz {module.__name__.rsplit('.', 1)[-1]}")
-    module.add_arguments(parser)
-    return parser.parse_args(argv)
+def _sub_args(module, argv: list[str]):
+    """Another job's config, parsed from flags by its own parser (as the CLI does)."""
+    from jaxviz.jobs.config import Parser
+    from jaxviz.jobs.registry import job
+
+    spec = job(module.__name__.rsplit(".", 1)[-1])
+    parser = Parser(prog=f"jaxviz {spec.name}")
+    spec.add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.command = spec.name
+    return spec.from_namespace(args)
 
 
 def _model_argv(args: argparse.Namespace) -> list[str]:

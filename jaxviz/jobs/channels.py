@@ -11,20 +11,21 @@ channels: never positive on this data), channels.png (a plot of them).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 
-from jaxviz.data.sources import open_source
 from jaxviz.errors import UsageError
 from jaxviz.jobs.common import (
-    add_data_args,
-    add_model_args,
-    add_out_arg,
+    DataOptions,
+    ModelOptions,
+    OutOptions,
     model_config,
     model_from_args,
+    source_from_args,
 )
+from jaxviz.jobs.config import option
 from jaxviz.jobs.output import JobOutput
 from jaxviz.jobs.scan import ScanJob
 from jaxviz.methods.channel_stats import ChannelStats
@@ -33,11 +34,9 @@ from jaxviz.models.stage import stage_shapes
 STATS = ("mean", "std", "max", "frac_positive")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
-    p.add_argument("--layer", required=True, help="stage whose channels to measure (e.g. conv5)")
-    add_data_args(p)
-    add_out_arg(p, "out/channels")
+@dataclass(kw_only=True)
+class ChannelsConfig(ModelOptions, DataOptions, OutOptions):
+    layer: str = option(help="stage whose channels to measure (e.g. conv5)")
 
 
 def write_stats(out: JobOutput, st: dict) -> None:
@@ -46,12 +45,12 @@ def write_stats(out: JobOutput, st: dict) -> None:
         out.npy(f"channel_{name}.npy", st[name])
 
 
-def prepare(args: argparse.Namespace) -> ScanJob:
+def prepare(args: ChannelsConfig) -> ScanJob:
     """The job as one streaming pass (shareable with other scan jobs by the sweep)."""
     model, params = model_from_args(args)
     model.index(args.layer)
     shape = stage_shapes(model)[args.layer]
-    source = open_source(args.data)
+    source = source_from_args(args)
     config = {
         **model_config(args),
         "layer": args.layer,
@@ -105,5 +104,5 @@ def prepare(args: argparse.Namespace) -> ScanJob:
     return ScanJob(model, params, source, out, [stats], complete, args)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: ChannelsConfig) -> int:
     return prepare(args).run()

@@ -8,22 +8,24 @@ the manifest. The forward pass is one jitted, device-sharded step per batch (job
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 import jax
 import numpy as np
 
 from jaxviz.data.pipeline import Batch
-from jaxviz.data.sources import Source, open_source
+from jaxviz.data.sources import Source
 from jaxviz.errors import UsageError
 from jaxviz.jobs.common import (
     DTYPES,
-    add_data_args,
-    add_model_args,
-    add_out_arg,
+    DataOptions,
+    ModelOptions,
+    OutOptions,
     model_config,
     model_from_args,
+    source_from_args,
 )
+from jaxviz.jobs.config import POSITIVE, option, redefault
 from jaxviz.jobs.output import JobOutput
 from jaxviz.jobs.scan import scan
 from jaxviz.models.stage import Model
@@ -74,18 +76,19 @@ class TopK:
         return res
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_args(p, default="efficientnet_lite0")
-    add_data_args(p)
-    p.add_argument("--top", type=int, default=5, help="classes to report per image (default: 5)")
-    add_out_arg(p, "out/classify")
+@dataclass(kw_only=True)
+class ClassifyConfig(ModelOptions, DataOptions, OutOptions):
+    model: str = redefault(ModelOptions, "model", "efficientnet_lite0")
+    top: int = option(
+        5, "classes to report per image (at most the model's classes)", check=POSITIVE
+    )
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: ClassifyConfig) -> int:
     model, params = model_from_args(args)
-    if not 1 <= args.top <= model.num_classes:
-        raise UsageError(f"--top must be between 1 and {model.num_classes}, got {args.top}")
-    source = open_source(args.data)
+    if args.top > model.num_classes:
+        raise UsageError(f"--top must be at most {model.num_classes} (the classes), got {args.top}")
+    source = source_from_args(args)
     config = {**model_config(args), "data": args.data, "top": args.top}
     out = JobOutput(args.out, "classify", config)
     topk = TopK(args.top, model, source)

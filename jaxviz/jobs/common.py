@@ -1,4 +1,10 @@
-"""Arguments every job shares (--model, --data, --out, ...) and turning them into objects."""
+"""Options every job shares (model, data, output), as config pieces, and turning them into
+objects.
+
+Job configs inherit `ModelOptions`, `DataOptions` and `OutOptions` (jobs/config.py). Jobs not yet
+converted to a config call `add_model_args` / `add_data_args` / `add_out_arg`, which add the same
+options, with the same checks, from these pieces.
+"""
 
 from __future__ import annotations
 
@@ -6,73 +12,83 @@ import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
 
 import jax.numpy as jnp
 
 from jaxviz.data.pipeline import AUTO_WORKERS_MIN_ITEMS
+from jaxviz.data.sources import Source, open_source
+from jaxviz.jobs.config import NON_NEGATIVE, NOT_A_FILE, POSITIVE, JobConfig, add_arguments, option
 from jaxviz.models.stage import Model, Params, cast_params
 from jaxviz.models.zoo import load_model, names
-from jaxviz.runtime.distributed import add_distributed_args, initialize_from
+from jaxviz.runtime.distributed import initialize_from
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def add_model_args(p: argparse.ArgumentParser, default: str = "demo") -> None:
-    p.add_argument(
-        "--model",
-        default=default,
-        help=f"zoo name ({', '.join(names())}), or NAME=PATH to a checkpoint file "
-        f"(default: {default})",
+@dataclass(kw_only=True)
+class ModelOptions(JobConfig):
+    model: str = option(
+        "demo", f"zoo name ({', '.join(names())}), or NAME=PATH to a checkpoint file"
     )
-    p.add_argument(
-        "--random-init",
-        action="store_true",
-        help="random weights instead of embedded ones (tests, benchmarks)",
+    random_init: bool = option(False, "random weights instead of embedded ones (tests, benchmarks)")
+    seed: int = option(0, "seed for --random-init")
+    dtype: str = option("float32", "compute dtype of forward passes", choices=tuple(sorted(DTYPES)))
+    coordinator: str | None = option(
+        None,
+        "join a multi-process run (process 0's address); under SLURM with several tasks this "
+        "is detected on its own",
+        metavar="HOST:PORT",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for --random-init (default: 0)")
-    p.add_argument(
-        "--dtype",
-        choices=sorted(DTYPES),
-        default="float32",
-        help="compute dtype of forward passes (default: float32)",
-    )
-    add_distributed_args(p)
+    num_processes: int | None = option(None, "with --coordinator", check=POSITIVE)
+    process_id: int | None = option(None, "with --coordinator", check=NON_NEGATIVE)
 
 
-def add_data_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
-    p.add_argument(
-        "--data",
-        default=default,
-        required=default is None,
+@dataclass(kw_only=True)
+class DataOptions(JobConfig):
+    data: str = option(
         help="a directory (recursive; class subfolders are labels), a labels file (.tsv/.csv: "
         "path, label), WebDataset tar shards ('train-{000000..000127}.tar'), .parquet (Hugging "
         "Face image layout), .array_record, a text file of paths, a glob, a .npy/.npz of "
         "uint8 NHWC images, shapes:N[:SEED] (synthetic set), or samples"
-        + (f" (default: {default})" if default else ""),
     )
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
-    p.add_argument("--limit", type=int, default=None, help="use at most this many images")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        metavar="N",
-        help="decoding processes; 0 decodes in threads of the main process (default: one per "
+    batch_size: int = option(32, "images per batch", check=POSITIVE)
+    limit: int | None = option(None, "use at most this many images", check=POSITIVE)
+    workers: int | None = option(
+        None,
+        "decoding processes; 0 decodes in threads of the main process (default: one per "
         f"available core, or 0 below {AUTO_WORKERS_MIN_ITEMS} images)",
+        check=NON_NEGATIVE,
+        metavar="N",
     )
-    p.add_argument(
-        "--exact-decode",
-        action="store_true",
-        help="decode JPEGs at full size (default: DCT-downscaled while decoding to no less "
-        "than the size the model's preprocessing resizes to, about 2x faster on large photos)",
+    exact_decode: bool = option(
+        False,
+        "decode JPEGs at full size (default: DCT-downscaled while decoding to no less than the "
+        "size the model's preprocessing resizes to, about 2x faster on large photos)",
     )
+
+
+@dataclass(kw_only=True)
+class OutOptions(JobConfig):
+    out: str | None = option(None, "output folder", check=NOT_A_FILE)
+
+
+def add_model_args(p: argparse.ArgumentParser, default: str = "demo") -> None:
+    add_arguments(p, ModelOptions, {"model": default})
+
+
+def add_data_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    add_arguments(p, DataOptions, {} if default is None else {"data": default})
 
 
 def add_out_arg(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--out", default=default, help=f"output folder (default: {default})")
+    add_arguments(p, OutOptions, {"out": default})
 
 
 _SHARED_MODELS: ContextVar[dict | None] = ContextVar("jaxviz_shared_models", default=None)
+# a model and a data source handed over as objects (jaxviz.run) instead of spec strings
+_GIVEN: ContextVar[dict | None] = ContextVar("jaxviz_given_inputs", default=None)
 
 
 @contextmanager
@@ -87,23 +103,49 @@ def shared_models() -> Iterator[None]:
         _SHARED_MODELS.reset(token)
 
 
-def model_from_args(args: argparse.Namespace) -> tuple[Model, Params]:
-    """The model and its params (cast to --dtype) named by the arguments; joins the
-    multi-process run they name first (before anything starts a JAX backend)."""
+@contextmanager
+def given_inputs(
+    model: tuple[Model, Params] | None = None, source: Source | None = None
+) -> Iterator[None]:
+    """Inside this block, `model_from_args` returns `model` and `source_from_args` returns
+    `source` (where given) whatever the config's spec strings say (jaxviz.run with objects)."""
+    token = _GIVEN.set({k: v for k, v in (("model", model), ("source", source)) if v})
+    try:
+        yield
+    finally:
+        _GIVEN.reset(token)
+
+
+def model_from_args(args: Any) -> tuple[Model, Params]:
+    """The model and its params (cast to --dtype) named by the config; joins the
+    multi-process run it names first (before anything starts a JAX backend)."""
     initialize_from(args)
+    given = (_GIVEN.get() or {}).get("model")
+    if given is not None:
+        model, params = given
+        return model, _cast(params, args.dtype)
     cache = _SHARED_MODELS.get()
     key = (args.model, args.random_init, args.seed, args.dtype)
     if cache is not None and key in cache:
         return cache[key]
     model, params = load_model(args.model, random_init=args.random_init, seed=args.seed)
-    if args.dtype != "float32":
-        params = cast_params(params, DTYPES[args.dtype])
+    params = _cast(params, args.dtype)
     if cache is not None:
         cache[key] = (model, params)
     return model, params
 
 
-def model_config(args: argparse.Namespace) -> dict:
+def _cast(params: Params, dtype: str) -> Params:
+    return params if dtype == "float32" else cast_params(params, DTYPES[dtype])
+
+
+def source_from_args(args: Any) -> Source:
+    """The data source named by the config (`--data`), or the one handed over by jaxviz.run."""
+    given = (_GIVEN.get() or {}).get("source")
+    return given if given is not None else open_source(args.data)
+
+
+def model_config(args: Any) -> dict:
     return {
         "model": args.model,
         "random_init": args.random_init,
@@ -112,7 +154,7 @@ def model_config(args: argparse.Namespace) -> dict:
     }
 
 
-def scan_key(args: argparse.Namespace) -> tuple:
+def scan_key(args: Any) -> tuple:
     """What must be equal for two scan jobs to share one pass over the data."""
     return (
         args.model,

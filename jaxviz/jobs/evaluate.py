@@ -11,7 +11,7 @@ predictions.npy [N, 3] int64 (source index, label, predicted class) and confusio
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -19,14 +19,15 @@ import numpy as np
 
 from jaxviz.data.labels import relabel
 from jaxviz.data.pipeline import Batch
-from jaxviz.data.sources import Source, open_source
+from jaxviz.data.sources import Source
 from jaxviz.errors import UsageError
 from jaxviz.jobs.common import (
-    add_data_args,
-    add_model_args,
-    add_out_arg,
+    DataOptions,
+    ModelOptions,
+    OutOptions,
     model_config,
     model_from_args,
+    source_from_args,
 )
 from jaxviz.jobs.output import JobOutput
 from jaxviz.jobs.scan import ScanJob
@@ -101,17 +102,16 @@ class TopK:
         }
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
-    add_data_args(p)
-    add_out_arg(p, "out/evaluate")
+@dataclass(kw_only=True)
+class EvaluateConfig(ModelOptions, DataOptions, OutOptions):
+    """`jaxviz evaluate`: the shared model, data and output options only."""
 
 
-def labelled_source(model: Model, spec: str) -> Source:
+def labelled_source(model: Model, source: Source, spec: str) -> Source:
     """The source of `spec` with its labels in the model's class order (named classes are
     mapped by name, in any order; items of classes the model lacks are skipped); UsageError
     unless it has labels meant for this model's classes."""
-    source = relabel(open_source(spec), model.class_names)
+    source = relabel(source, model.class_names)
     labelled = source.class_names is not None or any(
         source.info(i).label is not None for i in range(min(len(source), 16))
     )
@@ -123,12 +123,10 @@ def labelled_source(model: Model, spec: str) -> Source:
     return source
 
 
-def prepare(args: argparse.Namespace) -> ScanJob:
+def prepare(args: EvaluateConfig) -> ScanJob:
     """The job as one streaming pass (shareable with other scan jobs by the sweep)."""
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, params = model_from_args(args)
-    source = labelled_source(model, args.data)
+    source = labelled_source(model, source_from_args(args), args.data)
     config = {
         **model_config(args),
         "data": args.data,
@@ -164,5 +162,5 @@ def prepare(args: argparse.Namespace) -> ScanJob:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: EvaluateConfig) -> int:
     return prepare(args).run()

@@ -15,10 +15,10 @@ source has labels. `jaxviz neighbors --index OUT` and `jaxviz tsne` read it with
 
 from __future__ import annotations
 
-import argparse
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -26,18 +26,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.data.pipeline import Batch
-from jaxviz.data.sources import Source, open_source
+from jaxviz.data.sources import Source
 from jaxviz.errors import UsageError
 from jaxviz.index.feature_store import DTYPES as STORE_DTYPES
 from jaxviz.index.feature_store import FeatureStore, FeatureWriter
 from jaxviz.index.knn import METRICS, KnnIndex, choose_factory, gpu_count
 from jaxviz.jobs.common import (
-    add_data_args,
-    add_model_args,
-    add_out_arg,
+    DataOptions,
+    ModelOptions,
+    OutOptions,
     model_config,
     model_from_args,
+    source_from_args,
 )
+from jaxviz.jobs.config import NON_NEGATIVE, POSITIVE, option
 from jaxviz.jobs.output import JobOutput
 from jaxviz.jobs.scan import ScanJob
 from jaxviz.methods.retrieval import drop_self, precision_at_k
@@ -223,52 +225,40 @@ def self_precision(
     }
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
-    p.add_argument(
-        "--layer", default=None, help="stage whose output is the feature (default: the model's)"
+@dataclass(kw_only=True)
+class FeaturesConfig(ModelOptions, DataOptions, OutOptions):
+    layer: str | None = option(None, "stage whose output is the feature (default: the model's)")
+    dtype_out: str = option(
+        "float32",
+        "dtype of the stored features (float16 halves disk and transfer)",
+        choices=tuple(STORE_DTYPES),
     )
-    add_data_args(p)
-    add_out_arg(p, "out/features")
-    p.add_argument(
-        "--dtype-out",
-        choices=STORE_DTYPES,
-        default="float32",
-        help="dtype of the stored features (default: float32; float16 halves disk and transfer)",
+    index: str = option(
+        "auto",
+        "k-NN index: auto (Flat below 1M vectors, else IVF or IVF,PQ), Flat, IVF, IVF,PQ, "
+        "a FAISS factory string such as 'IVF4096,PQ64', or none; on the GPUs when faiss-gpu "
+        "sees any",
     )
-    p.add_argument(
-        "--index",
-        default="auto",
-        help="k-NN index: auto (Flat below 1M vectors, else IVF or IVF,PQ), Flat, IVF, IVF,PQ, "
-        "a FAISS factory string such as 'IVF4096,PQ64', or none (default: auto); on the GPUs "
-        "when faiss-gpu sees any",
+    metric: str = option("l2", "distance", choices=tuple(METRICS))
+    nprobe: int | None = option(
+        None, "IVF cells searched per query (default: nlist/64, at least 8)", check=POSITIVE
     )
-    p.add_argument("--metric", choices=METRICS, default="l2", help="distance (default: l2)")
-    p.add_argument(
-        "--nprobe",
-        type=int,
-        default=None,
-        help="IVF cells searched per query (default: nlist/64, at least 8)",
+    eval_k: int = option(
+        5,
+        "report precision@k of same-label neighbours when labels are known (0: skip)",
+        check=NON_NEGATIVE,
     )
-    p.add_argument(
-        "--eval-k",
-        type=int,
-        default=5,
-        help="report precision@k of same-label neighbours when labels are known (0: skip)",
-    )
-    p.add_argument(
-        "--shard-mb", type=int, default=64, help="MiB of features per shard file (default: 64)"
-    )
+    shard_mb: int = option(64, "MiB of features per shard file", check=POSITIVE)
 
 
-def prepare(args: argparse.Namespace) -> ScanJob:
+def prepare(args: FeaturesConfig) -> ScanJob:
     """The job as one streaming pass (shareable with other scan jobs by the sweep)."""
     share_with_faiss(0 if args.index.lower() == "none" else gpu_count())  # before JAX starts
     model, params = model_from_args(args)
     layer = args.layer or model.features_stage
     model.index(layer)
     dim = math.prod(stage_shapes(model)[layer])
-    source = open_source(args.data)
+    source = source_from_args(args)
     n = len(source) if args.limit is None else min(args.limit, len(source))
     factory = None if args.index.lower() == "none" else choose_factory(args.index, n, dim)
     config = {
@@ -331,5 +321,5 @@ def prepare(args: argparse.Namespace) -> ScanJob:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: FeaturesConfig) -> int:
     return prepare(args).run()

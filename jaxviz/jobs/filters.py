@@ -2,33 +2,30 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
-from jaxviz.jobs.common import add_model_args, add_out_arg, model_config, model_from_args
+from jaxviz.jobs.common import ModelOptions, OutOptions, model_config, model_from_args
+from jaxviz.jobs.config import POSITIVE, option
 from jaxviz.jobs.output import JobOutput
-from jaxviz.methods.filters import conv_kernel, filter_tiles, first_conv_layer
+from jaxviz.methods.filters import conv_kernel, first_conv_layer
+from jaxviz.render.filters import filter_tiles
 from jaxviz.render.grid import tile_grid, upscale
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
-    p.add_argument(
-        "--layer",
-        default=None,
-        help="stage whose filters to show (default: the first conv stage). RGB-input "
-        "filters become RGB tiles; deeper ones a row of grayscale tiles each",
+@dataclass(kw_only=True)
+class FiltersConfig(ModelOptions, OutOptions):
+    layer: str | None = option(
+        None,
+        "stage whose filters to show (default: the first conv stage). RGB-input filters become "
+        "RGB tiles; deeper ones a row of grayscale tiles each",
     )
-    p.add_argument(
-        "--max-filters",
-        type=int,
-        default=64,
-        help="show at most this many filters of a deeper layer (default: 64)",
+    max_filters: int = option(
+        64, "show at most this many filters of a deeper layer", check=POSITIVE
     )
-    p.add_argument("--tile-px", type=int, default=42, help="approximate tile size in pixels")
-    add_out_arg(p, "out/filters")
+    tile_px: int = option(42, "approximate tile size in pixels", check=POSITIVE)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: FiltersConfig) -> int:
     model, params = model_from_args(args)
     layer = args.layer or first_conv_layer(model, params)
     kernel = conv_kernel(model, params, layer)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 
+from jaxviz.jobs.config import JobConfig, option
 from jaxviz.models.geometry import ReceptiveField
 from jaxviz.models.stage import Model, receptive_fields, stage_shapes
 from jaxviz.models.zoo import entry, names
@@ -22,12 +23,13 @@ def describe(model: Model) -> list[dict]:
     return rows
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", nargs="*", help="models to describe (default: all)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+@dataclass(kw_only=True)
+class ModelsConfig(JobConfig):
+    name: list[str] = option([], "models to describe (default: all)", positional=True)
+    json: bool = option(False, "print JSON instead of tables")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: ModelsConfig) -> int:
     chosen = args.name or names()
     table = {}
     for n in chosen:

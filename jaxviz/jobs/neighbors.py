@@ -13,8 +13,8 @@ labels are known).
 
 from __future__ import annotations
 
-import argparse
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,8 @@ from jaxviz.data.sources import Source, open_source
 from jaxviz.errors import UsageError
 from jaxviz.index.feature_store import FeatureStore, FeatureWriter
 from jaxviz.index.knn import KnnIndex, gpu_count
-from jaxviz.jobs.common import DTYPES, add_out_arg
+from jaxviz.jobs.common import DTYPES, OutOptions
+from jaxviz.jobs.config import POSITIVE, option
 from jaxviz.jobs.features import FeatureConsumer
 from jaxviz.jobs.output import JobOutput
 from jaxviz.jobs.scan import scan
@@ -36,28 +37,21 @@ from jaxviz.render.grid import caption, tile_grid
 from jaxviz.runtime.memory import share_with_faiss
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--index", required=True, help="output folder of `jaxviz features`")
-    p.add_argument(
-        "--query",
-        required=True,
+@dataclass(kw_only=True)
+class NeighborsConfig(OutOptions):
+    index: str = option(help="output folder of `jaxviz features`")
+    query: str = option(
         help="ids:3,17,42 (source positions already in the index) or a data source "
         "(directory, list file, glob, .npy/.npz, shapes:N[:SEED], samples) to embed with the "
-        "index's model",
+        "index's model"
     )
-    p.add_argument("--k", type=int, default=5, help="neighbours per query (default: 5)")
-    p.add_argument(
-        "--nprobe",
-        type=int,
-        default=None,
-        help="IVF cells searched per query (default: the index's)",
+    k: int = option(5, "neighbours per query (at most the index's other vectors)", check=POSITIVE)
+    nprobe: int | None = option(
+        None, "IVF cells searched per query (default: the index's)", check=POSITIVE
     )
-    p.add_argument("--thumb", type=int, default=96, help="tile side in the grids, px (default 96)")
-    p.add_argument(
-        "--batch-size", type=int, default=32, help="query images per batch (default: 32)"
-    )
-    p.add_argument("--limit", type=int, default=None, help="use at most this many query images")
-    add_out_arg(p, "out/neighbors")
+    thumb: int = option(96, "tile side in the grids, px", check=POSITIVE)
+    batch_size: int = option(32, "query images per batch", check=POSITIVE)
+    limit: int | None = option(None, "use at most this many query images", check=POSITIVE)
 
 
 def parse_ids(spec: str) -> np.ndarray:
@@ -110,17 +104,22 @@ def label_name(label: int, names: list[str] | None) -> str:
     return names[label] if names and label < len(names) else str(label)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: NeighborsConfig) -> int:
     share_with_faiss(gpu_count())  # before JAX starts: the index gets its share of the GPUs
-    if args.k < 1:
-        raise UsageError(f"--k must be >= 1, got {args.k}")
     store = FeatureStore(args.index)
     index = KnnIndex.load(args.index)
     meta = store.meta
     base = open_source(meta["source"])
     names = meta.get("class_names")
-    out = JobOutput(args.out, "neighbors", {"index": args.index, "query": args.query, "k": args.k})
     from_ids = args.query.startswith("ids:")
+    same = from_ids or Path(args.query) == Path(meta["source"]) or args.query == meta["source"]
+    most = index.ntotal - (1 if same else 0)  # a query in the index is not its own neighbour
+    if args.k > most:
+        raise UsageError(
+            f"--k {args.k} is more than the {most} vectors of --index {args.index} a query can "
+            "have as neighbours"
+        )
+    out = JobOutput(args.out, "neighbors", {"index": args.index, "query": args.query, "k": args.k})
     if from_ids:
         qsrc, qpos = base, parse_ids(args.query)
         qvec = store.vectors(store.rows_of(qpos))
@@ -132,7 +131,6 @@ def run(args: argparse.Namespace) -> int:
         qpos, qvec, qlabels, qids = qstore.index(), qstore.features(), qstore.labels(), qstore.ids()
         if len(qpos) == 0:
             raise UsageError(f"--query {args.query}: no usable images")
-    same = from_ids or Path(args.query) == Path(meta["source"]) or args.query == meta["source"]
     d, nb = index.search(qvec, args.k + 1 if same else args.k, nprobe=args.nprobe)
     if same:  # a query that is in the index is not its own neighbour
         nb, d = drop_self(nb, d, qpos, args.k)
@@ -154,7 +152,7 @@ def _labels_of(store: FeatureStore, labels: np.ndarray, nb: np.ndarray) -> np.nd
 
 def write_outputs(
     out: JobOutput,
-    args: argparse.Namespace,
+    args: NeighborsConfig,
     qsrc: Source,
     base: Source,
     qpos: np.ndarray,

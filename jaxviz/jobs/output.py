@@ -6,14 +6,11 @@ naming the job and the layout. Every write is atomic (temp file in the same fold
 from __future__ import annotations
 
 import html
-import io
 import json
 import os
 import platform
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,26 +18,12 @@ from typing import Any
 import numpy as np
 
 from jaxviz.errors import UsageError
+from jaxviz.runtime.files import atomic_write
 from jaxviz.runtime.lock import lock_out
 
 LAYOUT = 2  # 2: per-item results in array stores and a Parquet table (1: a .npy per item)
 MARKER = ".jaxviz"
 MAX_FIGURES = 64  # pictures shown in index.html; the others are linked through their folder
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Call write(file) on a temp file beside `path`, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:

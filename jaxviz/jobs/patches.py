@@ -15,22 +15,24 @@ channel_std.npy, channel_max.npy, channel_frac_positive.npy.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 
 from jaxviz.data.decode import BadInput
-from jaxviz.data.sources import Source, open_source
+from jaxviz.data.sources import Source
 from jaxviz.errors import UsageError
 from jaxviz.jobs.channels import write_stats
 from jaxviz.jobs.common import (
-    add_data_args,
-    add_model_args,
-    add_out_arg,
+    DataOptions,
+    ModelOptions,
+    OutOptions,
     model_config,
     model_from_args,
+    source_from_args,
 )
+from jaxviz.jobs.config import NON_NEGATIVE, POSITIVE, option
 from jaxviz.jobs.output import JobOutput
 from jaxviz.jobs.scan import ScanJob
 from jaxviz.methods.channel_stats import ChannelStats
@@ -42,29 +44,21 @@ from jaxviz.render.patches import overview, patch_grid
 from jaxviz.runtime.devices import local_mesh
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
-    p.add_argument("--layer", required=True, help="stage whose channels to mine (e.g. conv5)")
-    p.add_argument(
-        "--channels",
-        default="all",
-        help="channels: 'all', a range '0-15', a list '3,7' or a mix '0-3,9' (default: all)",
-    )
-    p.add_argument("--top", type=int, default=9, help="patches per channel (default: 9)")
-    p.add_argument(
-        "--per-image-max",
-        action="store_true",
-        help="at most one patch per image and channel (its strongest unit); "
+@dataclass(kw_only=True)
+class PatchesConfig(ModelOptions, DataOptions, OutOptions):
+    layer: str = option(help="stage whose channels to mine (e.g. conv5)")
+    channels: str = option("all", "channels: 'all', a range '0-15', a list '3,7' or a mix '0-3,9'")
+    top: int = option(9, "patches per channel", check=POSITIVE)
+    per_image_max: bool = option(
+        False,
+        "at most one patch per image and channel (its strongest unit); "
         "default: every position competes",
     )
-    p.add_argument(
-        "--patch-size",
-        type=int,
-        default=0,
-        help="side of each patch in the pictures, px (default: the receptive field, 48..128)",
+    patch_size: int = option(
+        0,
+        "side of each patch in the pictures, px (0: the receptive field, 48..128)",
+        check=NON_NEGATIVE,
     )
-    add_data_args(p)
-    add_out_arg(p, "out/patches")
 
 
 def parse_channels(spec: str, n: int) -> list[int] | None:
@@ -157,19 +151,13 @@ def cut_patches(
     return patches, boxes, on_object
 
 
-def prepare(args: argparse.Namespace) -> ScanJob:
+def prepare(args: PatchesConfig) -> ScanJob:
     """The job as one streaming pass (shareable with other scan jobs by the sweep)."""
-    if args.top < 1:
-        raise UsageError(f"--top must be >= 1, got {args.top}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.patch_size < 0:
-        raise UsageError(f"--patch-size must be >= 0 (0: automatic), got {args.patch_size}")
     model, params = model_from_args(args)
     rf, n_channels = _spatial_layer(model, args.layer)
     channels = parse_channels(args.channels, n_channels)
     chans = np.arange(n_channels) if channels is None else np.asarray(channels)
-    source = open_source(args.data)
+    source = source_from_args(args)
     size = args.patch_size or int(min(max(max(rf.size), 48), 128))
     config = {
         **model_config(args),
@@ -217,7 +205,7 @@ def prepare(args: argparse.Namespace) -> ScanJob:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: PatchesConfig) -> int:
     return prepare(args).run()
 
 

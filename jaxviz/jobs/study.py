@@ -14,67 +14,40 @@
     [[part.occlusion]]           # a list of tables runs the job several times (occlusion_1, ...)
     window = 16
 
-Every option is checked by the job's own argument parser before any work starts; layer names are
-checked against the model. Errors are UsageErrors that name the part, the job and the key.
+Every value is checked against the job's config (jobs/config.py: type, choices, range) before any
+work starts; layer names are checked against the model. Part names are plain folder names (no
+`/`, `..`, NUL), distinct after normalization, and every job writes under --out. Errors are
+one-line UsageErrors that name the part, the job and the key.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import importlib
-import json
 import tomllib
-from dataclasses import dataclass, field
+import unicodedata
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from jaxviz.cli import COMMANDS
 from jaxviz.errors import UsageError, unknown
+from jaxviz.jobs.common import DataOptions, ModelOptions
+from jaxviz.jobs.config import from_values
+from jaxviz.jobs.registry import STUDY_JOBS, job
 
 PART_OPTIONS = ("name", "model", "data", "random_init", "seed", "dtype", "batch_size", "limit")
-# every job a study may name, in the order they run within a part (producers before the jobs
-# that read their outputs)
-SWEEP_JOBS = (
-    "filters",
-    "evaluate",
-    "classify",
-    "features",
-    "patches",
-    "channels",
-    "activations",
-    "tsne",
-    "neighbors",
-    "occlusion",
-    "saliency",
-    "guided",
-    "gradcam",
-    "ig",
-    "smoothgrad",
-    "classviz",
-    "invert",
-    "dream",
-)
 # jobs whose input is another job's output folder: option -> producing job
 DEPENDS = {"tsne": ("features", "features"), "neighbors": ("index", "features")}
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser that raises UsageError instead of exiting."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UsageError(message)
-
-
 @dataclass
 class Job:
-    """One job of a part: its CLI name, output subfolder and parsed arguments."""
+    """One job of a part: its name, output subfolder and config (a legacy job's namespace)."""
 
     part: str
     command: str
     folder: str
-    args: argparse.Namespace
-    argv: list[str] = field(default_factory=list)
+    args: Any
 
     @property
     def key(self) -> str:
@@ -96,42 +69,51 @@ def default_study_text() -> str:
     return (resources.files("jaxviz.assets") / "default_study.toml").read_text()
 
 
-def _flag_args(options: dict) -> list[str]:
-    argv = []
-    for k, v in options.items():
-        flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
-            argv += [flag] if v else []
-        elif isinstance(v, list):
-            argv += [flag, ",".join(map(str, v))]
-        else:
-            argv += [flag, str(v)]
-    return argv
+def plain_name(name: Any, what: str) -> str:
+    """`name` if it is a plain folder name (a non-empty string, not . or .., without /, \\ or
+    control characters), else a UsageError naming `what`."""
+    if (
+        not isinstance(name, str)
+        or name.strip() in ("", ".", "..")
+        or any(c in name for c in "/\\")
+        or any(unicodedata.category(c) == "Cc" for c in name)
+    ):
+        raise UsageError(f"{what}: {name!r} is not a plain name (no /, \\, .., control chars)")
+    return name
 
 
-def parse_job(part: str, command: str, folder: str, options: dict, common: dict, out: Path) -> Job:
-    """Parse one job's options with the job's own parser (UsageError naming part/job/key)."""
-    if command not in COMMANDS:
-        raise unknown(f"job in part {part!r}:", command, SWEEP_JOBS)
-    parser = _Parser(prog=f"jaxviz {command}", add_help=False)
-    importlib.import_module(COMMANDS[command][0]).add_arguments(parser)
-    known = {a.dest for a in parser._actions}
-    bad = [k for k in options if k not in known or k == "out"]
-    if bad:
-        choices = sorted(k for k in known if k not in ("out", "help"))
+def _normal(name: str) -> str:
+    """The form two names are compared in (a case-insensitive file system sees them alike)."""
+    return unicodedata.normalize("NFC", name).strip().casefold()
+
+
+def _inside(out: Path, path: Path, what: str) -> Path:
+    """`path`, which must stay under `out` even through symbolic links."""
+    if not path.resolve().is_relative_to(out.resolve()):
+        raise UsageError(f"{what}: its output folder {path} is outside --out {out}")
+    return path
+
+
+def parse_job(part: str, command: str, folder: str, options: Any, common: dict, out: Path) -> Job:
+    """One job's config from its table, merged over the part's options (UsageError naming
+    part/job/key)."""
+    where = f"part {part!r}, job {command!r}"
+    if command not in STUDY_JOBS:
+        raise unknown(f"job in part {part!r}:", command, STUDY_JOBS)
+    if not isinstance(options, dict):
         raise UsageError(
-            f"part {part!r}, job {command!r}: unknown option {bad[0]!r}; "
-            f"options: {', '.join(choices)}"
+            f"{where}: expected a table ([part.{command}]) or a list of tables "
+            f"([[part.{command}]]), got {type(options).__name__} {options!r}"
         )
-    merged = {k: v for k, v in common.items() if k in known and k != "name"}
-    merged.update(options)
-    argv = _flag_args(merged) + ["--out", str(out / part / folder)]
-    try:
-        args = parser.parse_args(argv)
-    except UsageError as e:
-        raise UsageError(f"part {part!r}, job {command!r}: {e}") from None
-    args.command = command
-    return Job(part, command, folder, args, argv)
+    spec = job(command)
+    known = [k for k in spec.option_names() if k != "out"]
+    bad = [k for k in options if k not in known]
+    if bad:
+        raise UsageError(f"{where}: unknown option {bad[0]!r}; options: {', '.join(sorted(known))}")
+    values = {k: v for k, v in common.items() if k in known}
+    values.update(options)
+    path = _inside(out, out / part / folder, where)
+    return Job(part, command, folder, spec.from_values({**values, "out": str(path)}, where))
 
 
 def _check_layers(job: Job) -> None:
@@ -148,6 +130,20 @@ def _check_layers(job: Job) -> None:
             )
 
 
+def _part_options(p: dict, name: str) -> dict:
+    """The part-wide options, checked for type and range like any job's."""
+    common = {k: v for k, v in p.items() if k in PART_OPTIONS and k != "name"}
+    for piece in (ModelOptions, DataOptions):
+        keys = {f for f in piece.__dataclass_fields__ if f != "command"}
+        from_values(
+            piece,
+            {k: v for k, v in common.items() if k in keys},
+            command="",
+            where=f"part {name!r}",
+        )
+    return common
+
+
 def load_study(text: str, out: Path, source_name: str = "study") -> Study:
     """Parse and validate a study; nothing runs. Raises UsageError on any problem."""
     try:
@@ -158,6 +154,8 @@ def load_study(text: str, out: Path, source_name: str = "study") -> Study:
     if bad:
         raise unknown(f"top-level key in {source_name}:", sorted(bad)[0], ["study", "part"])
     meta = doc.get("study", {})
+    if not isinstance(meta, dict):
+        raise UsageError(f"{source_name}: study must be a table ([study]), got {meta!r}")
     if set(meta) - {"name", "description"}:
         raise unknown(
             "key in [study]:",
@@ -165,29 +163,41 @@ def load_study(text: str, out: Path, source_name: str = "study") -> Study:
             ["name", "description"],
         )
     parts_doc = doc.get("part", [])
+    if not isinstance(parts_doc, list) or not all(isinstance(p, dict) for p in parts_doc):
+        raise UsageError(
+            f"{source_name}: part must be a list of tables ([[part]]), got {parts_doc!r}"
+        )
     if not parts_doc:
         raise UsageError(f"{source_name}: no [[part]] tables; a study needs at least one")
     parts: dict[str, list[Job]] = {}
+    seen: dict[str, str] = {}
     for p in parts_doc:
         if "model" not in p or "data" not in p:
             raise UsageError(f"{source_name}: every [[part]] needs model and data; got {p}")
-        name = str(p.get("name", p["model"].partition("=")[0]))
-        if name in parts:
-            raise UsageError(f"{source_name}: two parts are named {name!r}; give each a name")
-        common = {k: v for k, v in p.items() if k in PART_OPTIONS}
+        if not isinstance(p["model"], str):
+            raise UsageError(f"{source_name}: part model must be a string, got {p['model']!r}")
+        name = plain_name(p.get("name", p["model"].partition("=")[0]), f"{source_name}: part name")
+        if _normal(name) in seen:
+            raise UsageError(
+                f"{source_name}: parts {seen[_normal(name)]!r} and {name!r} would share a "
+                "folder; give each its own name"
+            )
+        seen[_normal(name)] = name
+        common = _part_options(p, name)
         jobs = []
         for key, value in p.items():
             if key in PART_OPTIONS:
                 continue
-            if key not in SWEEP_JOBS:
+            if key not in STUDY_JOBS:
                 raise UsageError(
                     f"part {name!r}: unknown key {key!r}; jobs: "
-                    f"{', '.join(SWEEP_JOBS)}; options: {', '.join(PART_OPTIONS)}"
+                    f"{', '.join(STUDY_JOBS)}; options: {', '.join(PART_OPTIONS)}"
                 )
             tables = value if isinstance(value, list) else [value]
             for n, opts in enumerate(tables, 1):
                 folder = key if len(tables) == 1 else f"{key}_{n}"
-                opts = _with_dependency(name, key, dict(opts), p, out)
+                if isinstance(opts, dict):
+                    opts = _with_dependency(name, key, dict(opts), p, out)
                 jobs.append(parse_job(name, key, folder, opts, common, out))
         for j in jobs:
             _check_layers(j)
@@ -216,7 +226,3 @@ def _with_dependency(part: str, command: str, opts: dict, part_doc: dict, out: P
             f"the one to use with {option!r}"
         )
     return {**opts, option: str(out / part / producer)}
-
-
-def plan_json(study: Study) -> str:
-    return json.dumps({p: [j.argv for j in jobs] for p, jobs in study.parts.items()}, indent=2)

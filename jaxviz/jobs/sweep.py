@@ -10,7 +10,6 @@ failure goes to `--out/events.jsonl`; the report is `--out/index.html`.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
@@ -19,18 +18,16 @@ from pathlib import Path
 
 import jax
 
-from jaxviz.cli import COMMANDS
 from jaxviz.errors import UsageError
-from jaxviz.jobs.common import shared_models
+from jaxviz.jobs.common import add_out_arg, shared_models
+from jaxviz.jobs.config import POSITIVE, checked
 from jaxviz.jobs.output import save_json
+from jaxviz.jobs.registry import PER_IMAGE, SCAN, STUDY_JOBS, JobSpec, job
 from jaxviz.jobs.scan import run_scan_jobs
-from jaxviz.jobs.study import SWEEP_JOBS, Job, Study, default_study_text, load_study
+from jaxviz.jobs.study import Job, Study, default_study_text, load_study
 from jaxviz.render.report import write_study_report
 from jaxviz.runtime.distributed import add_distributed_args, barrier, initialize_from
 from jaxviz.runtime.lock import lock_out
-
-# jobs that split their items over every process of a run (jobs.items); scan jobs do too
-PER_ITEM = ("occlusion", "saliency", "guided", "gradcam", "ig", "smoothgrad", "invert", "dream")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="study TOML file (default: the built-in study: the demo model on the "
         "shapes set and efficientnet_lite0 on the sample photos)",
     )
-    p.add_argument("--out", default="out/sweep", help="output folder (default: out/sweep)")
+    add_out_arg(p, "out/sweep")
     p.add_argument(
         "--restart",
         action="store_true",
@@ -49,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=checked(int, POSITIVE),
         default=20,
         metavar="N",
         help="save the streaming state every N batches (default: 20)",
@@ -75,8 +72,8 @@ class EventLog:
             f.write(json.dumps(line) + "\n")
 
 
-def _module(job: Job):
-    return importlib.import_module(COMMANDS[job.command][0])
+def _spec(j: Job) -> JobSpec:
+    return job(j.command)
 
 
 def _units(jobs: list[Job]) -> list[list[Job]]:
@@ -85,16 +82,16 @@ def _units(jobs: list[Job]) -> list[list[Job]]:
 
     units: list[list[Job]] = []
     groups: dict[tuple, list[Job]] = {}
-    for job in sorted(jobs, key=lambda j: SWEEP_JOBS.index(j.command)):
-        if hasattr(_module(job), "prepare"):
-            key = scan_key(job.args)
+    for j in sorted(jobs, key=lambda j: STUDY_JOBS.index(j.command)):
+        if _spec(j).kind == SCAN:
+            key = scan_key(j.args)
             if key in groups:
-                groups[key].append(job)
+                groups[key].append(j)
                 continue
-            groups[key] = [job]
+            groups[key] = [j]
             units.append(groups[key])
         else:
-            units.append([job])
+            units.append([j])
     return units
 
 
@@ -138,13 +135,13 @@ def print_plan(study: Study) -> None:
 
 
 def _run_unit(unit: list[Job], checkpoint_every: int) -> None:
-    if len(unit) == 1 and not hasattr(_module(unit[0]), "prepare"):
-        rc = _module(unit[0]).run(unit[0].args)
+    if len(unit) == 1 and not _is_scan(unit):
+        rc = _spec(unit[0]).run(unit[0].args)
         if rc:
             raise RuntimeError(f"job {unit[0].key} exited with {rc}")
         return
     with shared_models():  # one model load for the whole shared pass
-        prepared = [_module(j).prepare(j.args) for j in unit]
+        prepared = [_spec(j).prepare(j.args) for j in unit]
     run_scan_jobs(
         prepared,
         desc=" + ".join(j.key for j in unit),
@@ -152,9 +149,13 @@ def _run_unit(unit: list[Job], checkpoint_every: int) -> None:
     )
 
 
+def _is_scan(unit: list[Job]) -> bool:
+    return _spec(unit[0]).kind == SCAN
+
+
 def _everywhere(unit: list[Job]) -> bool:
     """Whether every process runs the unit (it splits its items), not process 0 alone."""
-    return hasattr(_module(unit[0]), "prepare") or unit[0].command in PER_ITEM
+    return _spec(unit[0]).kind in (SCAN, PER_IMAGE)
 
 
 def run_study(study: Study, out: Path, restart: bool, checkpoint_every: int = 20) -> int:

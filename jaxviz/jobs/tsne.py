@@ -11,9 +11,9 @@ the k-NN label accuracy in the embedding.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -25,58 +25,47 @@ from jaxviz.index.feature_store import FeatureStore
 from jaxviz.index.mosaic import assignment_cost, grid_assignment
 from jaxviz.index.quality import knn_accuracy, trustworthiness
 from jaxviz.index.tsne import BACKENDS, MODES, tsne
-from jaxviz.jobs.common import add_out_arg
+from jaxviz.jobs.common import OutOptions
+from jaxviz.jobs.config import NON_NEGATIVE, POSITIVE, as_dict, option
 from jaxviz.jobs.output import JobOutput
 from jaxviz.render.scatter import mosaic_image, scatter_plot
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--features", required=True, help="output folder of `jaxviz features`")
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="auto",
-        help="jax (this package's engine), opentsne, tsnecuda, sklearn, or auto: jax on an "
-        "accelerator, openTSNE on CPU (default: auto)",
+@dataclass(kw_only=True)
+class TsneConfig(OutOptions):
+    features: str = option(help="output folder of `jaxviz features`")
+    backend: str = option(
+        "auto",
+        "jax (this package's engine), opentsne, tsnecuda, sklearn, or auto: jax on an "
+        "accelerator, openTSNE on CPU",
+        choices=tuple(BACKENDS),
     )
-    p.add_argument(
-        "--mode",
-        choices=MODES,
-        default="auto",
-        help="repulsion: exact (tiled, O(N^2)), interpolated (FFT, O(N)), auto (exact up to 5000 "
-        "points) (default: auto)",
+    mode: str = option(
+        "auto",
+        "repulsion: exact (tiled, O(N^2)), interpolated (FFT, O(N)), auto (exact up to 5000 "
+        "points)",
+        choices=tuple(MODES),
     )
-    p.add_argument("--perplexity", type=float, default=30.0, help="default: 30")
-    p.add_argument(
-        "--n-iter", type=int, default=500, help="iterations after early exaggeration (default 500)"
+    perplexity: float = option(30.0, "effective number of neighbours of each point", check=POSITIVE)
+    n_iter: int = option(500, "iterations after early exaggeration", check=POSITIVE)
+    early_exaggeration_iter: int = option(250, "exaggerated iterations", check=NON_NEGATIVE)
+    seed: int = option(0, "seed of the initialization")
+    limit: int | None = option(None, "embed only the first N rows", check=POSITIVE)
+    data: str | None = option(
+        None, "data source for the mosaic thumbnails (default: the one in features.json)"
     )
-    p.add_argument(
-        "--early-exaggeration-iter", type=int, default=250, help="exaggerated iterations (250)"
+    mosaic_grid: int | None = option(
+        None,
+        "mosaic cells per side (default: ceil(sqrt(N)), at most 48); 0 = no mosaic",
+        check=NON_NEGATIVE,
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialization (default: 0)")
-    p.add_argument("--limit", type=int, default=None, help="embed only the first N rows")
-    p.add_argument(
-        "--data",
-        default=None,
-        help="data source for the mosaic thumbnails (default: the one in features.json)",
+    thumb: int = option(32, "mosaic cell side in px", check=POSITIVE)
+    trust_sample: int = option(
+        5000, "points used for trustworthiness above this many", check=POSITIVE
     )
-    p.add_argument(
-        "--mosaic-grid",
-        type=int,
-        default=None,
-        help="mosaic cells per side (default: ceil(sqrt(N)), at most 48); 0 = no mosaic",
-    )
-    p.add_argument("--thumb", type=int, default=32, help="mosaic cell side in px (default: 32)")
-    p.add_argument(
-        "--trust-sample",
-        type=int,
-        default=5000,
-        help="points used for trustworthiness above this many (default: 5000)",
-    )
-    add_out_arg(p, "out/tsne")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: TsneConfig) -> int:
     store = FeatureStore(args.features)
     n = len(store) if args.limit is None else min(args.limit, len(store))
     if n <= 3 * args.perplexity:
@@ -84,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
             f"--features {args.features}: {n} rows; t-SNE with perplexity {args.perplexity:g} "
             f"needs more than {3 * args.perplexity:g}"
         )
-    config = {k: v for k, v in vars(args).items() if k != "func"}
-    out = JobOutput(args.out, "tsne", config)
+    out = JobOutput(args.out, "tsne", as_dict(args))
     t0 = time.time()
     x = store.features()[:n]
     labels = store.labels()[:n]

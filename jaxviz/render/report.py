@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from jaxviz.jobs.output import atomic_write
+from jaxviz.runtime.files import atomic_write
 
 MAX_PICTURES = 12
 # On load, the page counts its images and the ones that failed to load (data-images /
