@@ -433,7 +433,7 @@ def _write_site(out: JobOutput, model: Model, data: str, layers, site_layers, fe
         "features": feats,
     }
     pages["index.html"] = overview_page(site)
-    out.files += [rel for rel in pages if rel not in out.files]
+    out.add_files(pages)
     out.finish()  # manifest.json and a generic index.html, which the site's replaces
     for rel, text in pages.items():
         data_ = text.encode()
