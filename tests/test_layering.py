@@ -39,11 +39,7 @@ FORBIDDEN = {
     ("data", "models"): "data/ knows nothing of models",
 }
 # (importer module, imported module) pairs tolerated for now, each with the reason
-KNOWN = {
-    # the data helper (issue 15) hands the pipeline its resize/normalisation from the job and
-    # removes this edge; the lead drops this exception after merging
-    ("jaxviz.data.pipeline", "jaxviz.models.preprocess"),
-}
+KNOWN: set[tuple[str, str]] = set()  # (module, imported) edges tolerated for now: none
 
 
 def _module_name(path: Path) -> str:
