@@ -158,7 +158,7 @@ def scan(
     step = make_step(model, consumers, dtype)
     # blocks of `rows` items go to process b % P: a consumer writing chunks of `rows` items
     # (`rows` attribute, a power of two) is each chunk's only writer
-    rows = max((getattr(c, "rows", 1) for c in consumers), default=1)
+    rows = max((c.rows for c in consumers if isinstance(getattr(c, "rows", None), int)), default=1)
     n = len(source) if stop is None else min(stop, len(source))
     mine = process_items(n, rows, process_index, process_count)
     mine = mine[mine >= start]
