@@ -13,6 +13,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import built_once
 from tests.test_distributed import _env, _free_port
 
 # job -> (arguments, items): a batch of saliency takes milliseconds, so it gets more items to
@@ -81,13 +82,15 @@ def _outputs(root):
     return files
 
 
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory):
-    """Uninterrupted one-process runs of each job."""
-    root = tmp_path_factory.mktemp("clean")
+def _clean_runs(root):
     for job in JOBS:
         _run(job, root / job, 1)
-    return root
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    """Uninterrupted one-process runs of each job (made once, shared by the xdist workers)."""
+    return built_once(tmp_path_factory, "resume-clean", _clean_runs)
 
 
 @pytest.mark.parametrize("job", ["saliency"])  # occlusion: in the kill test, on 2 processes

@@ -14,11 +14,9 @@ import bisect
 import json
 import os
 
-from PIL import Image
-
-from jaxviz.data.decode import BadInput, Size, decode_bytes
+from jaxviz.data.decode import BadInput
 from jaxviz.data.labels import LABEL_COLUMNS, parse_labels, read_class_names
-from jaxviz.data.sources import ItemInfo, Source, stored
+from jaxviz.data.sources import EncodedSource, ItemInfo
 from jaxviz.errors import UsageError
 
 IMAGE_COLUMNS = ("image", "img", "jpg", "png", "jpeg")
@@ -50,7 +48,7 @@ def _hf_names(schema, column: str) -> tuple[str, ...] | None:
         return None
 
 
-class ParquetSource(Source):
+class ParquetSource(EncodedSource):
     """Rows of Parquet files, in file order."""
 
     def __init__(self, spec: str, paths: list[str]):
@@ -105,13 +103,6 @@ class ParquetSource(Source):
         f, row = self._where(i)
         label = None if self.labels is None or self.labels[i] < 0 else self.labels[i]
         return ItemInfo(f"{self.paths[f]}#{row}", label)
-
-    def load(self, i: int, draft: Size | None = None) -> Image.Image:
-        return decode_bytes(self._bytes(i), draft)
-
-    def encoded(self, i: int) -> tuple[bytes, str]:
-        data = self._bytes(i)
-        return stored(data, lambda: decode_bytes(data))
 
     def _bytes(self, i: int) -> bytes:
         import pyarrow.parquet as pq

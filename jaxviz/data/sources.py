@@ -109,6 +109,21 @@ def stored(data: bytes, decode: Callable[[], Image.Image]) -> tuple[bytes, str]:
     return data, kind
 
 
+class EncodedSource(Source):
+    """A source whose items are stored encoded (JPEG/PNG/WebP bytes in a shard, file or row):
+    `_bytes(i)` reads item i's bytes, decoding and storing them is common."""
+
+    @abc.abstractmethod
+    def _bytes(self, i: int) -> bytes: ...
+
+    def load(self, i: int, draft: Size | None = None) -> Image.Image:
+        return decode_bytes(self._bytes(i), draft)
+
+    def encoded(self, i: int) -> tuple[bytes, str]:
+        data = self._bytes(i)
+        return stored(data, lambda: decode_bytes(data))
+
+
 class FileSource(Source):
     """Image files. labels: per file (class index into class_names) or None; problems: {item:
     reason} for entries known to be unusable (loading them raises BadInput)."""

@@ -23,11 +23,9 @@ import tarfile
 import threading
 from dataclasses import dataclass
 
-from PIL import Image
-
-from jaxviz.data.decode import BadInput, Size, decode_bytes
+from jaxviz.data.decode import BadInput
 from jaxviz.data.labels import parse_labels, read_class_names
-from jaxviz.data.sources import ItemInfo, Source, stored
+from jaxviz.data.sources import EncodedSource, ItemInfo
 from jaxviz.errors import UsageError
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -135,7 +133,7 @@ def shard_index(path: str) -> ShardIndex:
     return index
 
 
-class TarShardSource(Source):
+class TarShardSource(EncodedSource):
     """Samples of WebDataset tar shards in shard order; ids are `{shard}#{key}`."""
 
     def __init__(self, spec: str, shards: list[str]):
@@ -174,13 +172,6 @@ class TarShardSource(Source):
         k, key, _ = self.entries[i]
         label = None if self.labels is None or self.labels[i] < 0 else self.labels[i]
         return ItemInfo(f"{self.shards[k]}#{key}", label)
-
-    def load(self, i: int, draft: Size | None = None) -> Image.Image:
-        return decode_bytes(self._bytes(i), draft)
-
-    def encoded(self, i: int) -> tuple[bytes, str]:
-        data = self._bytes(i)
-        return stored(data, lambda: decode_bytes(data))
 
     def _bytes(self, i: int) -> bytes:
         if i in self.problems:
