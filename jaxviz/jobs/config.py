@@ -170,8 +170,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, defaults: dict | N
             else:
                 kw["default"] = default
         if meta.get("positional"):
-            kw.pop("required", None)
-            kw.setdefault("nargs", "?")
+            kw.pop("required", None)  # a positional without a default is required as it is
+            if default is not MISSING:
+                kw.setdefault("nargs", "?")
             parser.add_argument(f.name, **kw)
         else:
             parser.add_argument(flag(f.name), dest=f.name, **kw)
