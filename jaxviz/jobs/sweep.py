@@ -92,9 +92,9 @@ def estimate(job: Job, n_images: int) -> int:
         return 0  # works on another job's outputs (t-SNE, neighbours from an index)
     n = min(n_images, a.limit) if getattr(a, "limit", None) else n_images
     if job.command == "occlusion":
-        from jaxviz.models.zoo import entry
+        from jaxviz.models.zoo import build
 
-        h, w = entry(a.model.partition("=")[0]).build().input_size
+        h, w = build(a.model).input_size
         win, st = getattr(a, "window", 16), getattr(a, "stride", 8)
         return n * (((h - win) // st + 1) * ((w - win) // st + 1) + 1)
     for attr in ("steps", "samples", "iterations"):
