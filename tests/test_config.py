@@ -80,6 +80,8 @@ def test_one_declaration_gives_the_same_config_from_argv_and_from_a_table():
     assert from_cli.command == "patches" and from_cli.batch_size == 32
     # a list for a string option is its comma-separated form, as the CLI spells it
     assert job("patches").from_values({**table, "channels": [0, 3]}, "t").channels == "0,3"
+    occlusion = job("occlusion").from_values({"data": "shapes:4", "fill": 0.5, "png": 4}, "t")
+    assert (occlusion.fill, occlusion.png) == ("0.5", "4")  # a number for a string option
     # every job builds its parser and validates its defaults
     for spec in JOBS.values():
         spec.add_arguments(build_parser(None))
