@@ -383,7 +383,7 @@ def test_tampered_index_folder_is_one_line(tmp_path, index_folder, case):
 # -- the same in a child process: time and peak memory of the dangerous ones ----------------
 
 _CHILD = """
-import contextlib, io, json, os, resource, sys, time
+import contextlib, io, json, os, sys, time
 os.environ["JAXVIZ_CACHE"] = "off"
 from jaxviz import cli
 from tests import hostile_files as hf
@@ -395,7 +395,10 @@ for argv in json.loads(sys.argv[1]):
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         rc = cli.main(argv)
     rows.append([rc, err.getvalue(), time.perf_counter() - t])
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM: this process's own peak. ru_maxrss is not: Linux carries the forking parent's peak
+# (a pytest worker's gigabytes) across fork and exec into it.
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+peak = int(hwm.split()[1]) * 1024
 print(json.dumps({"rows": rows, "peak_rss": peak}))
 """
 
@@ -537,10 +540,10 @@ def _occlusion(out: Path) -> list[str]:
 def test_second_run_on_one_out_exits_2_and_kill_9_then_resume(tmp_path):
     out = tmp_path / "out"
     first = subprocess.Popen(_occlusion(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ck = out / ".item-checkpoint"
+    progress = out / ".progress" / "p0.json"  # its first checkpoint (jobs/resume.py)
     deadline = time.time() + 120
     while time.time() < deadline and first.poll() is None:
-        if ck.is_dir() and any(p.name.isdigit() for p in ck.iterdir()):
+        if progress.is_file():
             break
         time.sleep(0.01)
     first.send_signal(signal.SIGSTOP)  # frozen mid-job, still holding its lock
@@ -559,7 +562,7 @@ def test_second_run_on_one_out_exits_2_and_kill_9_then_resume(tmp_path):
     assert third.returncode == 0, third.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["images"] == 6
-    assert manifest["results"]["resumed_at_index"] >= 2  # it resumed the killed run's work
+    assert manifest["results"]["resumed_at_item"] >= 2  # it resumed the killed run's work
 
 
 @pytest.mark.slow

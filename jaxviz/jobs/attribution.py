@@ -221,13 +221,15 @@ def run(args: AttributionConfig) -> int:
     mesh = local_mesh()
     batch_size = round_up(args.batch_size, mesh.size)
     chunk = args.chunk or chunk_for_budget(model, batch_size, model.input_size, args.memory_mb)
+    # the chunk the memory plan chose depends on the memory free now: a result, not config
+    # (in the config, a rerun's resume signature would differ and it would start over)
     config = {
         **model_config(args),
         **{k: v for k, v in vars(args).items() if k not in NOT_CONFIG},
         "batch_size": batch_size,
-        "chunk": chunk,
     }
     out = JobOutput(args.out, cmd, config)
+    out.results["chunk"] = chunk
     step = make_step(args, model, chunk)
     params = jax.device_put(params, replicated(mesh))
     sharding = batch_sharding(mesh)
