@@ -95,7 +95,7 @@ def estimate(job: Job, n_images: int) -> int:
         from jaxviz.models.zoo import build
 
         h, w = build(a.model).input_size
-        win, st = getattr(a, "window", 16), getattr(a, "stride", 8)
+        win, st = a.window, a.stride
         return n * (((h - win) // st + 1) * ((w - win) // st + 1) + 1)
     for attr in ("steps", "samples", "iterations"):
         if isinstance(getattr(a, attr, None), int):
