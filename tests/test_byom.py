@@ -2,6 +2,7 @@
 against direct references (vmap, jax.grad, dependency support), the incremental path against
 brute force, and the same architecture written as a zoo-style stage chain."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,12 @@ import numpy as np
 import pytest
 
 import jaxviz
+from jaxviz.cli import main
 from jaxviz.errors import UsageError
+from jaxviz.jobs.study import load_study
+from jaxviz.methods import synthesis as syn
+from jaxviz.methods.filters import conv_kernel, first_conv_layer
+from jaxviz.methods.guided_backprop import guided_gradients
 from jaxviz.methods.incremental import choose
 from jaxviz.methods.occlusion import grid_size, positions
 from jaxviz.models.geometry import UNKNOWN, Geometry
@@ -244,18 +250,35 @@ def _zoo_chain(params):
 
 
 def test_zoo_chain_equals_from_flax(models, x):
+    """Every job of the default study, at the level of what it computes: evaluate, classify,
+    features, channels, activations, tsne and neighbors read stage outputs (every tap and the
+    logits); filters the first conv kernel; patches, occlusion and the five attributions their
+    methods; classviz, invert and dream the synthesis loops (one step: the gradients agree)."""
     model, params = models["linen"]
     chain, cparams = _zoo_chain(params)
     _, want = forward(chain, cparams, x)
     _, got = forward(model, params, x)
+    assert want.keys() == got.keys() and "classifier" in want
     for k in want:
         np.testing.assert_allclose(got[k], want[k], atol=1e-5, rtol=0)
     assert receptive_fields(chain) == receptive_fields(model)
+    assert chain.features_stage == model.features_stage
+    np.testing.assert_array_equal(
+        conv_kernel(model, params, first_conv_layer(model, params)),
+        conv_kernel(chain, cparams, first_conv_layer(chain, cparams)),
+    )
+    key, t = jax.random.key(3), jnp.asarray([1, 4])
     for fn in (
         lambda m, p: jaxviz.occlusion(m, p, x, window=8, stride=4).grid,
         lambda m, p: jaxviz.gradcam(m, p, x, layer="shrink"),
         lambda m, p: jaxviz.saliency(m, p, x),
+        lambda m, p: guided_gradients(m, p, x, t),
+        lambda m, p: jaxviz.integrated_gradients(m, p, x, steps=2, chunk=2).attributions,
+        lambda m, p: jaxviz.smoothgrad(m, p, x, samples=2, chunk=2),
         lambda m, p: jaxviz.top_patches(m, p, x, layer="skip", k=3).boxes,
+        lambda m, p: syn.class_visualization(m, p, t, key, steps=1),
+        lambda m, p: syn.invert(m, p, x, "shrink", key, steps=1),
+        lambda m, p: syn.dream(m, p, x, "skip", key, steps=1, octaves=1),
     ):
         np.testing.assert_allclose(fn(model, params), fn(chain, cparams), atol=1e-5, rtol=0)
 
@@ -267,3 +290,36 @@ def test_load_model_module_attr():
         load_model("tests.fixtures.byom:nothing")
     with pytest.raises(UsageError, match="cannot import"):
         load_model("tests.fixtures.nowhere:make")
+
+
+BYOM_STUDY = """
+[[part]]
+name = "mine"
+model = "tests.fixtures.byom:make"
+data = "shapes:4:2"
+batch_size = 4
+
+[part.patches]
+layer = "skip"
+top = 2
+[part.occlusion]
+window = 8
+stride = 8
+"""
+
+
+def test_sweep_runs_a_study_of_a_users_model(tmp_path, monkeypatch):
+    """`model = "MODULE:ATTR"` in a study: layers are checked against the user's model, its
+    jobs run and write their outputs."""
+    monkeypatch.chdir(ROOT)  # MODULE is imported with the working directory on sys.path
+    study = tmp_path / "s.toml"
+    study.write_text(BYOM_STUDY)
+    with pytest.raises(UsageError, match="unknown layer 'conv2' of model"):
+        load_study(BYOM_STUDY.replace('"skip"', '"conv2"'), tmp_path / "never")
+    out = tmp_path / "out"
+    assert main(["sweep", str(study), "--out", str(out)]) == 0
+    state = json.loads((out / "sweep.json").read_text())
+    assert set(state["done"]) == {"mine/patches", "mine/occlusion"} and not state["failed"]
+    assert np.load(out / "mine" / "patches" / "top_boxes.npy").shape == (16, 2, 4)
+    occ = json.loads((out / "mine" / "occlusion" / "manifest.json").read_text())
+    assert occ["counts"]["images"] == 4 and occ["results"]["grid"] == [3, 3]

@@ -1,6 +1,7 @@
 """Typed job configs: one declaration serves the CLI, the study and `jaxviz.run`; every range is
 checked (exit 2, one line); `jaxviz.run` writes what the CLI writes."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from jaxviz.cli import build_parser, main
 from jaxviz.data.sources import open_source
 from jaxviz.errors import UsageError
+from jaxviz.jobs.config import options
 from jaxviz.jobs.registry import JOBS, SCAN, job, run
 from jaxviz.jobs.study import load_study
 
@@ -78,10 +80,11 @@ def test_one_declaration_gives_the_same_config_from_argv_and_from_a_table():
     assert from_cli.command == "patches" and from_cli.batch_size == 32
     # a list for a string option is its comma-separated form, as the CLI spells it
     assert job("patches").from_values({**table, "channels": [0, 3]}, "t").channels == "0,3"
-    # every converted job builds its parser and validates its defaults
+    occlusion = job("occlusion").from_values({"data": "shapes:4", "fill": 0.5, "png": 4}, "t")
+    assert (occlusion.fill, occlusion.png) == ("0.5", "4")  # a number for a string option
+    # every job builds its parser and validates its defaults
     for spec in JOBS.values():
-        if spec.config is not None:
-            spec.add_arguments(build_parser(None))
+        spec.add_arguments(build_parser(None))
     assert {s.name for s in JOBS.values() if s.kind == SCAN} >= {"evaluate", "features", "patches"}
 
 
@@ -210,20 +213,45 @@ def test_the_default_study_validates_into_configs(tmp_path):
     jobs = {j.key: j for js in study.parts.values() for j in js}
     assert len(jobs) == 21 and jobs["demo/patches"].args.batch_size == 64
     assert jobs["demo/tsne"].args.features == str(tmp_path / "demo" / "features")
-    assert jobs["lite0/occlusion"].args.window == 56  # a legacy job: its parser's namespace
+    assert jobs["lite0/occlusion"].args.window == 56 and jobs["demo/ig"].args.steps == 16
     assert all(j.args.out == str(tmp_path / k) for k, j in jobs.items())
 
 
-def test_run_drives_a_job_not_yet_converted_to_a_config(tmp_path, demo_random):
-    """activations still has add_arguments/run(namespace): jaxviz.run goes through its parser,
-    with the model handed over as objects, and writes what the CLI writes."""
+def test_run_gives_a_per_item_store_job_objects_and_writes_what_the_cli_writes(
+    tmp_path, demo_random
+):
+    """activations (item stores, StoreOptions): jaxviz.run with the model and the data as
+    objects writes the stores the CLI writes; its store options are checked like any other."""
     argv = ["activations", "--random-init", "--layer", "conv1", "--data", "shapes:2:1"]
-    assert main([*argv, "--out", str(tmp_path / "cli")]) == 0
-    run("activations", model=demo_random, data="shapes:2:1", layer="conv1", out=tmp_path / "py")
+    assert main([*argv, "--rows-per-chunk", "1", "--out", str(tmp_path / "cli")]) == 0
+    source = open_source("shapes:2:1")
+    run("activations", model=demo_random, data=source, layer="conv1", rows_per_chunk=1,
+        out=tmp_path / "py")  # fmt: skip
     a, b = _outputs(tmp_path / "cli"), _outputs(tmp_path / "py")
-    assert a.keys() == b.keys() and any(k.startswith("activations.zarr/") for k in a)
+    assert a.keys() == b.keys() and sum(k.startswith("activations.zarr/") for k in a) > 2
     for k in a:
         if k.startswith("activations.zarr/"):
             assert a[k] == b[k], k
-    with pytest.raises(UsageError, match="data only as a --data spec string"):
-        run("activations", model="demo", data=open_source("shapes:2:1"), layer="conv1")
+    for bad, needle in (({"png": "some"}, "png must be a count or 'all'"),
+                        ({"rows_per_chunk": 0}, "rows_per_chunk must be > 0")):  # fmt: skip
+        with pytest.raises(UsageError, match=needle):
+            run("activations", model="demo", data=source, layer="conv1", **bad)
+
+
+def test_every_job_has_a_config_and_gets_its_name_from_it():
+    """No job is left with a hand-written parser; jobs sharing a module (attribution,
+    synthesis) tell themselves apart by the config's command and their defaults differ."""
+    for spec in JOBS.values():
+        cls = spec.config_class()
+        assert dataclasses.is_dataclass(cls) and not hasattr(spec.load(), "add_arguments")
+        assert all(f.metadata["help"] for f in options(cls)), spec.name
+    ig = job("ig").from_values({"data": "shapes:2"}, "t")
+    assert (ig.command, ig.out, ig.steps) == ("ig", "out/ig", 50)
+    dream = job("dream").from_values({"data": "shapes:2", "layer": "conv1"}, "t")
+    assert (dream.command, dream.steps, dream.lr) == ("dream", 20, 0.02)
+    with pytest.raises(UsageError, match="unknown option 'layer'"):
+        job("saliency").from_values({"data": "shapes:2", "layer": "conv1"}, "t")
+    pack = build_parser("pack").parse_args(["pack", "--data", "shapes:2", "--to", "wds", "d"])
+    assert job("pack").from_namespace(pack).out == "d"
+    with pytest.raises(UsageError, match="required: DIR"):
+        build_parser("pack").parse_args(["pack", "--data", "shapes:2", "--to", "wds"])

@@ -4,23 +4,25 @@
 
 from __future__ import annotations
 
-import argparse
 import functools
+from dataclasses import dataclass
 
 import jax
 import numpy as np
 
 from jaxviz.data.pipeline import Batch
-from jaxviz.data.sources import Source, open_source
+from jaxviz.data.sources import Source
 from jaxviz.errors import UsageError
-from jaxviz.jobs.blocks import BlockWriter, add_store_args
+from jaxviz.jobs.blocks import BlockWriter, StoreOptions
 from jaxviz.jobs.common import (
-    add_data_args,
-    add_model_args,
-    add_out_arg,
+    DataOptions,
+    ModelOptions,
+    OutOptions,
     model_config,
     model_from_args,
+    source_from_args,
 )
+from jaxviz.jobs.config import option
 from jaxviz.jobs.output import JobOutput
 from jaxviz.jobs.scan import ScanJob
 from jaxviz.models.stage import Model, receptive_fields, stage_shapes
@@ -48,7 +50,15 @@ class ActivationWriter:
     (row i = item i) and its table row, and a grid PNG for the sample (`jobs.blocks` layout).
     In a run of several processes each writes its own blocks; process 0 merges the tables."""
 
-    def __init__(self, layer: str, source: Source, model: Model, out: JobOutput, n: int, args):
+    def __init__(
+        self,
+        layer: str,
+        source: Source,
+        model: Model,
+        out: JobOutput,
+        n: int,
+        args: StoreOptions,
+    ):
         self.name, self.taps = "activations", (layer,)
         self.layer, self.model = layer, model
         shape = stage_shapes(model)[layer]
@@ -93,19 +103,16 @@ class ActivationWriter:
         self.writer.close()
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
-    p.add_argument("--layer", required=True, help="stage to show (see `jaxviz models`)")
-    add_data_args(p)
-    add_store_args(p)
-    add_out_arg(p, "out/activations")
+@dataclass(kw_only=True)
+class ActivationsConfig(ModelOptions, DataOptions, StoreOptions, OutOptions):
+    layer: str = option(help="stage to show (see `jaxviz models`)")
 
 
 def spatial_layers(model: Model) -> list[str]:
     return [k for k, rf in receptive_fields(model).items() if rf is not None]
 
 
-def prepare(args: argparse.Namespace) -> ScanJob:
+def prepare(args: ActivationsConfig) -> ScanJob:
     """The job as one streaming pass (shareable with other scan jobs by the sweep)."""
     model, params = model_from_args(args)
     model.index(args.layer)
@@ -114,7 +121,7 @@ def prepare(args: argparse.Namespace) -> ScanJob:
             f"layer {args.layer!r} has no spatial map; spatial layers of "
             f"{model.name}: {', '.join(spatial_layers(model))}"
         )
-    source = open_source(args.data)
+    source = source_from_args(args)
     n = len(source) if args.limit is None else min(args.limit, len(source))
     config = {**model_config(args), "layer": args.layer, "data": args.data, "limit": args.limit}
     out = JobOutput(args.out, "activations", config)
@@ -135,5 +142,5 @@ def prepare(args: argparse.Namespace) -> ScanJob:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: ActivationsConfig) -> int:
     return prepare(args).run()

@@ -21,11 +21,11 @@ visualizations are kept.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -33,20 +33,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.data.decode import BadInput
-from jaxviz.data.sources import Source, open_source
+from jaxviz.data.sources import Source
 from jaxviz.errors import UsageError
 from jaxviz.jobs import features, neighbors, tsne
 from jaxviz.jobs.channels import STATS
 from jaxviz.jobs.common import (
-    add_data_args,
-    add_model_args,
-    add_out_arg,
+    DataOptions,
+    ModelOptions,
+    OutOptions,
     model_config,
     model_from_args,
     shared_models,
+    source_from_args,
 )
+from jaxviz.jobs.config import NON_NEGATIVE, POSITIVE, option
 from jaxviz.jobs.output import JobOutput, atomic_write
 from jaxviz.jobs.patches import cut_patches
+from jaxviz.jobs.registry import job
 from jaxviz.jobs.scan import ScanJob
 from jaxviz.methods.channel_stats import ChannelStats
 from jaxviz.methods.feature_viz import channel_visualization
@@ -63,55 +66,28 @@ VIZ_PX = 192  # px: feature visualizations are upscaled (nearest) to at least th
 IMAGE_PX = 128  # px: the full images with the box drawn
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
-    p.add_argument(
-        "--layers",
-        default="all",
-        help="comma-separated spatial stages, or 'all' (default: every spatial stage)",
+@dataclass(kw_only=True)
+class AtlasConfig(ModelOptions, DataOptions, OutOptions):
+    layers: str = option("all", "comma-separated spatial stages, or 'all' (every spatial stage)")
+    top: int = option(9, "patches per channel", check=POSITIVE)
+    max_channels: int = option(
+        0, "only the first N channels of each stage, 0 for all", check=NON_NEGATIVE
     )
-    p.add_argument("--top", type=int, default=9, help="patches per channel (default: 9)")
-    p.add_argument(
-        "--max-channels",
-        type=int,
-        default=0,
-        help="only the first N channels of each stage, 0 for all (default: 0)",
+    per_image_max: bool = option(True, "at most one patch per image and channel")
+    viz_steps: int = option(
+        200, "gradient-ascent steps of the feature visualizations, 0 for none", check=NON_NEGATIVE
     )
-    p.add_argument(
-        "--per-image-max",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="at most one patch per image and channel (default: on)",
-    )
-    p.add_argument(
-        "--viz-steps",
-        type=int,
-        default=200,
-        help="gradient-ascent steps of the feature visualizations, 0 for none (default: 200)",
-    )
-    p.add_argument("--viz-lr", type=float, default=0.1, help="their step size (default: 0.1)")
-    p.add_argument(
-        "--viz-batch",
-        type=int,
-        default=64,
-        help="channels optimized together in one compiled loop (default: 64)",
-    )
-    p.add_argument(
-        "--viz-start",
+    viz_lr: float = option(0.1, "their step size", check=POSITIVE)
+    viz_batch: int = option(64, "channels optimized together in one compiled loop", check=POSITIVE)
+    viz_start: str = option(
+        "top",
+        "start from the mean of the channel's top images (Nguyen 2016) or from noise (a ReLU "
+        "channel silent on the noise never moves)",
         choices=("top", "noise"),
-        default="top",
-        help="start from the mean of the channel's top images (Nguyen 2016) or from noise "
-        "(a ReLU channel silent on the noise never moves) (default: top)",
     )
-    p.add_argument("--viz-seed", type=int, default=0, help="noise/jitter seed (default: 0)")
-    p.add_argument(
-        "--tsne-points", type=int, default=2000, help="rows of the t-SNE (default: 2000)"
-    )
-    p.add_argument(
-        "--queries", type=int, default=6, help="neighbour grids of sample images (default: 6)"
-    )
-    add_data_args(p)
-    add_out_arg(p, "out/atlas")
+    viz_seed: int = option(0, "noise/jitter seed")
+    tsne_points: int = option(2000, "rows of the t-SNE", check=NON_NEGATIVE)
+    queries: int = option(6, "neighbour grids of sample images", check=NON_NEGATIVE)
 
 
 def spatial_layers(model: Model, spec: str) -> list[str]:
@@ -134,34 +110,16 @@ def spatial_layers(model: Model, spec: str) -> list[str]:
     return layers
 
 
-def _check(args: argparse.Namespace) -> None:
-    for name in ("top", "viz_batch", "batch_size"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("max_channels", "viz_steps", "tsne_points", "queries"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+def _sub_config(name: str, values: dict):
+    """Job `name`'s config from values, checked as a study's table is."""
+    return job(name).from_values(values, f"atlas: its {name} job")
 
 
-def _sub_args(module, argv: list[str]):
-    """Another job's config, parsed from flags by its own parser (as the CLI does)."""
-    from jaxviz.jobs.config import Parser
-    from jaxviz.jobs.registry import job
-
-    spec = job(module.__name__.rsplit(".", 1)[-1])
-    parser = Parser(prog=f"jaxviz {spec.name}")
-    spec.add_arguments(parser)
-    args = parser.parse_args(argv)
-    args.command = spec.name
-    return spec.from_namespace(args)
+def _model_values(args: AtlasConfig) -> dict:
+    return {k: getattr(args, k) for k in ("model", "seed", "dtype", "random_init")}
 
 
-def _model_argv(args: argparse.Namespace) -> list[str]:
-    argv = ["--model", args.model, "--seed", str(args.seed), "--dtype", args.dtype]
-    return argv + (["--random-init"] if args.random_init else [])
-
-
-def viz_config(args: argparse.Namespace) -> dict:
+def viz_config(args: AtlasConfig) -> dict:
     """What a layer's feature visualizations depend on besides the model and layer."""
     return {
         "steps": args.viz_steps,
@@ -172,18 +130,15 @@ def viz_config(args: argparse.Namespace) -> dict:
     }
 
 
-def prepare(args: argparse.Namespace) -> ScanJob:
+def prepare(args: AtlasConfig) -> ScanJob:
     """The job as one streaming pass (shareable with other scan jobs by the sweep)."""
-    _check(args)
     with shared_models():
         model, params = model_from_args(args)
         layers = spatial_layers(model, args.layers)
-        argv = _model_argv(args) + ["--data", args.data, "--batch-size", str(args.batch_size)]
-        argv += [] if args.limit is None else ["--limit", str(args.limit)]
-        fjob = features.prepare(
-            _sub_args(features, argv + ["--out", str(Path(args.out) / "features")])
-        )
-    source = open_source(args.data)
+        values = {k: getattr(args, k) for k in ("data", "batch_size", "limit")}
+        values["out"] = str(Path(args.out) / "features")
+        fjob = features.prepare(_sub_config("features", {**_model_values(args), **values}))
+    source = source_from_args(args)
     config = {
         **model_config(args),
         **{k: getattr(args, k) for k in ("layers", "max_channels", "top", "per_image_max")},
@@ -229,7 +184,7 @@ def prepare(args: argparse.Namespace) -> ScanJob:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: AtlasConfig) -> int:
     return prepare(args).run()
 
 
@@ -273,7 +228,7 @@ def _full_images(
 
 
 def _feature_viz(
-    args: argparse.Namespace,
+    args: AtlasConfig,
     model: Model,
     params: Params,
     layer: str,
@@ -374,7 +329,7 @@ def _layer(args, model, params, source, out: JobOutput, layer: str, top: dict, s
     return {"shape": shape, "rf": rf, "units": st["units"], "channels": channels}
 
 
-def _features_views(args: argparse.Namespace, out: JobOutput, stage: str) -> dict:
+def _features_views(args: AtlasConfig, out: JobOutput, stage: str) -> dict:
     """t-SNE mosaic and neighbour grids of the features stored under out/features."""
     from jaxviz.index.feature_store import FeatureStore
 
@@ -384,9 +339,9 @@ def _features_views(args: argparse.Namespace, out: JobOutput, stage: str) -> dic
     perplexity = min(30.0, (n - 1) / 3.0)
     if n >= 10 and args.tsne_points:
         t0 = time.perf_counter()
-        argv = ["--features", str(out.path("features")), "--out", str(out.path("tsne")),
-                "--limit", str(n), "--perplexity", f"{perplexity:.3f}"]  # fmt: skip
-        tsne.run(_sub_args(tsne, argv))
+        values = {"features": str(out.path("features")), "out": str(out.path("tsne")),
+                  "limit": n, "perplexity": round(perplexity, 3)}  # fmt: skip
+        tsne.run(_sub_config("tsne", values))
         views["tsne"] = "tsne"
         out.timing("tsne_s", time.perf_counter() - t0)
     else:
@@ -395,9 +350,9 @@ def _features_views(args: argparse.Namespace, out: JobOutput, stage: str) -> dic
         src = store.index()
         picks = src[np.linspace(0, len(src) - 1, min(args.queries, len(src))).astype(int)]
         k = min(8, len(store) - 1)
-        argv = ["--index", str(out.path("features")), "--out", str(out.path("neighbors")),
-                "--query", "ids:" + ",".join(map(str, picks)), "--k", str(k)]  # fmt: skip
-        neighbors.run(_sub_args(neighbors, argv))
+        values = {"index": str(out.path("features")), "out": str(out.path("neighbors")),
+                  "query": "ids:" + ",".join(map(str, picks)), "k": k}  # fmt: skip
+        neighbors.run(_sub_config("neighbors", values))
         records = json.loads(out.path("neighbors/neighbors.json").read_text())
         views["neighbors"] = [f"neighbors/{r['png']}" for r in records]
     return views

@@ -14,9 +14,10 @@ model-randomization check on the first batch (results.randomization).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import functools
 import time
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -24,16 +25,17 @@ import numpy as np
 import pyarrow as pa
 
 from jaxviz.data.pipeline import stream
-from jaxviz.data.sources import open_source
 from jaxviz.errors import UsageError
 from jaxviz.jobs.common import (
-    add_data_args,
-    add_model_args,
-    add_out_arg,
+    DataOptions,
+    ModelOptions,
+    OutOptions,
     model_config,
     model_from_args,
+    source_from_args,
 )
-from jaxviz.jobs.items import ItemOutput, add_item_args
+from jaxviz.jobs.config import NON_NEGATIVE, POSITIVE, option
+from jaxviz.jobs.items import ItemOptions, ItemOutput
 from jaxviz.jobs.occlusion import item_box
 from jaxviz.jobs.output import JobOutput
 from jaxviz.methods import faithfulness as faith
@@ -59,92 +61,77 @@ TITLES = {
 BASELINES = ("zero", "black", "white", "blur")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    command = p.prog.split()[-1]
-    add_model_args(p)
-    add_data_args(p)
-    add_out_arg(p, f"out/{command}")
-    add_item_args(p)
-    p.add_argument(
-        "--target",
-        default="pred",
-        help="class explained: 'pred' (each image's predicted class), a class id or a class "
-        "name (default: pred)",
+@dataclass(kw_only=True)
+class AttributionConfig(ModelOptions, DataOptions, ItemOptions, OutOptions):
+    """Options of every attribution job (saliency and guided take no others)."""
+
+    target: str = option(
+        "pred",
+        "class explained: 'pred' (each image's predicted class), a class id or a class name",
     )
-    p.add_argument(
-        "--chunk",
-        type=int,
-        default=None,
-        help="perturbations (IG steps, SmoothGrad samples, deletion steps) per pass; each pass "
-        "runs chunk x batch images (default: from the device-memory plan, or --memory-mb)",
+    chunk: int | None = option(
+        None,
+        "perturbations (IG steps, SmoothGrad samples, deletion steps) per pass; each pass runs "
+        "chunk x batch images (default: from the device-memory plan, or --memory-mb)",
+        check=POSITIVE,
     )
-    p.add_argument(
-        "--memory-mb",
-        type=float,
-        default=None,
-        help="activation memory per device and pass that sizes --chunk (default: the "
-        "device-memory plan's budget; `jaxviz doctor --plan` prints it)",
+    memory_mb: float | None = option(
+        None,
+        "activation memory per device and pass that sizes --chunk (default: the device-memory "
+        "plan's budget; `jaxviz doctor --plan` prints it)",
+        check=POSITIVE,
     )
-    if command == "gradcam":
-        p.add_argument(
-            "--layer", default=None, help="stage explained (default: the last spatial stage)"
-        )
-        p.add_argument(
-            "--guided",
-            action="store_true",
-            help="also Guided Grad-CAM: guided backprop x upsampled map (guided.zarr)",
-        )
-    if command == "ig":
-        p.add_argument("--steps", type=int, default=50, help="integration steps (default: 50)")
-        p.add_argument(
-            "--method",
-            choices=METHODS,
-            default=DEFAULT_METHOD,
-            help="quadrature rule, as Captum's; the midpoint rule suits ReLU networks' piecewise "
-            f"constant integrand better than Gauss-Legendre (default: {DEFAULT_METHOD})",
-        )
-        p.add_argument(
-            "--baseline",
-            choices=BASELINES,
-            default="zero",
-            help="x': zero (0 in normalized units, the dataset mean colour), black, white, or "
-            "blur (a Gaussian-blurred copy of the image) (default: zero)",
-        )
-    if command == "smoothgrad":
-        p.add_argument("--samples", type=int, default=50, help="noisy copies (default: 50)")
-        p.add_argument(
-            "--noise",
-            type=float,
-            default=0.15,
-            help="noise std as a fraction of each image's value range (default: 0.15)",
-        )
-        p.add_argument("--noise-seed", type=int, default=0, help="noise seed (default: 0)")
-    p.add_argument(
-        "--faithfulness",
-        action="store_true",
-        help="also deletion/insertion AUC (Petsiuk et al. 2018) of every map",
+    faithfulness: bool = option(
+        False, "also deletion/insertion AUC (Petsiuk et al. 2018) of every map"
     )
-    p.add_argument(
-        "--faith-steps",
-        type=int,
-        default=64,
-        help="pixel-removal steps of the deletion/insertion curves (default: 64)",
+    faith_steps: int = option(
+        64, "pixel-removal steps of the deletion/insertion curves", check=POSITIVE
     )
-    p.add_argument(
-        "--sanity-check",
-        action="store_true",
-        help="model-randomization sanity check (Adebayo et al. 2018) on the first batch: the "
+    sanity_check: bool = option(
+        False,
+        "model-randomization sanity check (Adebayo et al. 2018) on the first batch: the "
         "Spearman correlation of |heat maps| between the trained model and the model with its "
         "stages re-initialized from the top down (one row a stage, the mean of 3 "
         "re-initializations; the trained model's class stays the target); low means the maps "
         "depend on the weights",
     )
-    p.add_argument(
-        "--pointing-tolerance",
-        type=float,
-        default=0.0,
-        help="pointing game: a hit within this many pixels of the box (default: 0)",
+    pointing_tolerance: float = option(
+        0.0, "pointing game: a hit within this many pixels of the box", check=NON_NEGATIVE
     )
+
+
+@dataclass(kw_only=True)
+class GradcamConfig(AttributionConfig):
+    layer: str | None = option(None, "stage explained (default: the last spatial stage)")
+    guided: bool = option(
+        False, "also Guided Grad-CAM: guided backprop x upsampled map (guided.zarr)"
+    )
+
+
+@dataclass(kw_only=True)
+class IgConfig(AttributionConfig):
+    steps: int = option(50, "integration steps", check=POSITIVE)
+    method: str = option(
+        DEFAULT_METHOD,
+        "quadrature rule, as Captum's; the midpoint rule suits ReLU networks' piecewise "
+        "constant integrand better than Gauss-Legendre",
+        choices=METHODS,
+    )
+    baseline: str = option(
+        "zero",
+        "x': zero (0 in normalized units, the dataset mean colour), black, white, or blur (a "
+        "Gaussian-blurred copy of the image)",
+        choices=BASELINES,
+    )
+
+
+@dataclass(kw_only=True)
+class SmoothgradConfig(AttributionConfig):
+    samples: int = option(50, "noisy copies", check=POSITIVE)
+    noise: float = option(
+        0.15, "noise std as a fraction of each image's value range", check=NON_NEGATIVE
+    )
+    noise_seed: int = option(0, "noise seed")
 
 
 def _baseline(model: Model, x: jax.Array, kind: str) -> jax.Array:
@@ -156,7 +143,7 @@ def _baseline(model: Model, x: jax.Array, kind: str) -> jax.Array:
     return model.preprocess.normalize(jnp.full(x.shape, value, jnp.uint8))
 
 
-def make_step(args: argparse.Namespace, model: Model, chunk: int):
+def make_step(args: AttributionConfig, model: Model, chunk: int):
     """The jitted (params, images uint8, target [B], index [B]) -> dict of [B, ...] arrays:
     `maps` (stored), `heat` [B, H, W] (drawn, pointing game), `target`, `prob`, `prediction`,
     `prediction_prob`, extras (`guided`, IG's `completeness_error` and `delta`, AUCs)."""
@@ -218,23 +205,19 @@ COLUMNS = {
     "deletion": pa.float32(),
     "insertion": pa.float32(),
 }
-NOT_CONFIG = ("model", "func", "coordinator", "num_processes", "process_id", "checkpoint_every")
+NOT_CONFIG = ("model", "coordinator", "num_processes", "process_id", "checkpoint_every")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: AttributionConfig) -> int:
     model, params = model_from_args(args)
     cmd = args.command
-    if cmd == "gradcam":
-        args.layer = args.layer or default_layer(model)
+    if isinstance(args, GradcamConfig):
+        args = dataclasses.replace(args, layer=args.layer or default_layer(model))
         check_layer(model, args.layer)
-    for name in ("steps", "samples", "chunk", "faith_steps"):
-        v = getattr(args, name, None)
-        if v is not None and v < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-    if cmd == "ig" and args.steps < 2 and args.method != "gausslegendre":
+    if isinstance(args, IgConfig) and args.steps < 2 and args.method != "gausslegendre":
         raise UsageError("--steps must be at least 2 for the Riemann rules")
     target = parse_target(args.target, model.num_classes, model.class_names)
-    source = open_source(args.data)
+    source = source_from_args(args)
     mesh = local_mesh()
     batch_size = round_up(args.batch_size, mesh.size)
     chunk = args.chunk or chunk_for_budget(model, batch_size, model.input_size, args.memory_mb)
@@ -255,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
     if args.sanity_check and jax.process_index() == 0:
         first = next(stream(source, model.preprocess, batch_size, stop=min(n, batch_size)), None)
         if first is not None:
-            maps_only = argparse.Namespace(**{**vars(args), "faithfulness": False})
+            maps_only = dataclasses.replace(args, faithfulness=False)
             out.results["randomization"] = randomization(
                 make_step(maps_only, model, chunk) if args.faithfulness else step,
                 model,
@@ -349,7 +332,7 @@ def randomization(step, model: Model, params: Params, batch, target, put, replic
     return report
 
 
-def summary(out: JobOutput, table, args: argparse.Namespace) -> dict:
+def summary(out: JobOutput, table, args: AttributionConfig) -> dict:
     """The job's results from its item table: throughput, pointing game, scalar statistics."""
     images = out.counts.get("images", 0)
     hits = table["pointing_hit"].drop_null().to_numpy(zero_copy_only=False)

@@ -17,12 +17,12 @@ the end) has one writer, and rewriting a block after kill -9 writes the same byt
 
 from __future__ import annotations
 
-import argparse
 import math
 import shutil
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import tensorstore as ts
 
 from jaxviz.data.sources import Source
 from jaxviz.errors import UsageError
+from jaxviz.jobs.config import POSITIVE, Check, JobConfig, option
 from jaxviz.jobs.output import JobOutput, atomic_write, save_png
 
 TABLE = "items.parquet"
@@ -50,37 +51,31 @@ BASE_COLUMNS = (
 )
 
 
-def add_store_args(p: argparse.ArgumentParser) -> None:
+PNG_COUNT = Check("a count or 'all'", lambda v: v == "all" or v.isdigit())
+
+
+@dataclass(kw_only=True)
+class StoreOptions(JobConfig):
     """Options of every job writing per-item stores: the PNG sample and the stores' layout."""
-    p.add_argument(
-        "--png",
-        default="32",
-        metavar="N",
-        help="draw pictures of the items below N, or 'all' (default: 32)",
+
+    png: str = option(
+        "32", "draw pictures of the items below N, or 'all'", check=PNG_COUNT, metavar="N"
     )
-    p.add_argument(
-        "--store-dtype",
-        choices=sorted(STORE_DTYPES),
-        default="float32",
-        help="dtype of the array stores (default: float32)",
+    store_dtype: str = option(
+        "float32", "dtype of the array stores", choices=tuple(sorted(STORE_DTYPES))
     )
-    p.add_argument(
-        "--rows-per-chunk",
-        type=int,
-        default=None,
+    rows_per_chunk: int | None = option(
+        None,
+        "items per store chunk and per process block (default: sized so a chunk of the widest "
+        f"store is at most {CHUNK_BYTES >> 20} MiB, at most {MAX_ROWS})",
+        check=POSITIVE,
         metavar="N",
-        help="items per store chunk and per process block (default: sized so a chunk of the "
-        f"widest store is at most {CHUNK_BYTES >> 20} MiB, at most {MAX_ROWS})",
     )
 
 
 def parse_png(spec: str) -> int | None:
-    """--png: a count (items below it get pictures) or 'all' (None)."""
-    if spec == "all":
-        return None
-    if not spec.isdigit():
-        raise UsageError(f"--png must be a count or 'all', got {spec!r}")
-    return int(spec)
+    """--png (checked by StoreOptions): a count (items below it get pictures) or 'all' (None)."""
+    return None if spec == "all" else int(spec)
 
 
 def chunk_rows(shapes: list[tuple[int, ...]], itemsize: int) -> int:
@@ -125,7 +120,7 @@ class BlockWriter:
     """One process's writer of per-item stores, table parts and PNGs (see the module doc).
 
     stores: {name: row shape}; columns: {name: pyarrow type} of the job's table columns;
-    args: `add_store_args` options. Process 0 calls `create()` before any process `open()`s.
+    args: the job's `StoreOptions`. Process 0 calls `create()` before any process `open()`s.
     Items arrive in increasing order (`add`, `add_skip`); `flush()` writes the current block
     as it is (rows not yet added are 0 and are written again later).
     """
@@ -137,10 +132,8 @@ class BlockWriter:
         n: int,
         stores: dict[str, tuple[int, ...]],
         columns: dict[str, pa.DataType],
-        args: argparse.Namespace,
+        args: StoreOptions,
     ):
-        if args.rows_per_chunk is not None and args.rows_per_chunk < 1:
-            raise UsageError(f"--rows-per-chunk must be at least 1, got {args.rows_per_chunk}")
         self.out, self.source, self.n = out, source, n
         self.dtype = STORE_DTYPES[args.store_dtype]
         self.shapes = {k: tuple(int(d) for d in v) for k, v in stores.items()}

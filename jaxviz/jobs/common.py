@@ -1,14 +1,12 @@
 """Options every job shares (model, data, output), as config pieces, and turning them into
 objects.
 
-Job configs inherit `ModelOptions`, `DataOptions` and `OutOptions` (jobs/config.py). Jobs not yet
-converted to a config call `add_model_args` / `add_data_args` / `add_out_arg`, which add the same
-options, with the same checks, from these pieces.
+Job configs inherit `ModelOptions` (which holds `DistributedOptions`), `DataOptions` and
+`OutOptions` (jobs/config.py); per-item jobs add `jobs.items.ItemOptions`.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -19,7 +17,7 @@ import jax.numpy as jnp
 
 from jaxviz.data.pipeline import AUTO_WORKERS_MIN_ITEMS
 from jaxviz.data.sources import Source, open_source
-from jaxviz.jobs.config import NON_NEGATIVE, NOT_A_FILE, POSITIVE, JobConfig, add_arguments, option
+from jaxviz.jobs.config import NON_NEGATIVE, NOT_A_FILE, POSITIVE, JobConfig, option
 from jaxviz.models.stage import Model, Params, cast_params
 from jaxviz.models.zoo import load_model, names
 from jaxviz.runtime.distributed import initialize_from
@@ -28,13 +26,9 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclass(kw_only=True)
-class ModelOptions(JobConfig):
-    model: str = option(
-        "demo", f"zoo name ({', '.join(names())}), or NAME=PATH to a checkpoint file"
-    )
-    random_init: bool = option(False, "random weights instead of embedded ones (tests, benchmarks)")
-    seed: int = option(0, "seed for --random-init")
-    dtype: str = option("float32", "compute dtype of forward passes", choices=tuple(sorted(DTYPES)))
+class DistributedOptions(JobConfig):
+    """How a command joins a multi-process run (runtime/distributed.py `initialize_from`)."""
+
     coordinator: str | None = option(
         None,
         "join a multi-process run (process 0's address); under SLURM with several tasks this "
@@ -43,6 +37,18 @@ class ModelOptions(JobConfig):
     )
     num_processes: int | None = option(None, "with --coordinator", check=POSITIVE)
     process_id: int | None = option(None, "with --coordinator", check=NON_NEGATIVE)
+
+
+@dataclass(kw_only=True)
+class ModelOptions(DistributedOptions):
+    model: str = option(
+        "demo",
+        f"zoo name ({', '.join(names())}), NAME=PATH to a checkpoint file, or MODULE:ATTR of "
+        "a factory returning (Model, params)",
+    )
+    random_init: bool = option(False, "random weights instead of embedded ones (tests, benchmarks)")
+    seed: int = option(0, "seed for --random-init")
+    dtype: str = option("float32", "compute dtype of forward passes", choices=tuple(sorted(DTYPES)))
 
 
 @dataclass(kw_only=True)
@@ -72,18 +78,6 @@ class DataOptions(JobConfig):
 @dataclass(kw_only=True)
 class OutOptions(JobConfig):
     out: str | None = option(None, "output folder", check=NOT_A_FILE)
-
-
-def add_model_args(p: argparse.ArgumentParser, default: str = "demo") -> None:
-    add_arguments(p, ModelOptions, {"model": default})
-
-
-def add_data_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
-    add_arguments(p, DataOptions, {} if default is None else {"data": default})
-
-
-def add_out_arg(p: argparse.ArgumentParser, default: str) -> None:
-    add_arguments(p, OutOptions, {"out": default})
 
 
 _SHARED_MODELS: ContextVar[dict | None] = ContextVar("jaxviz_shared_models", default=None)

@@ -170,8 +170,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, defaults: dict | N
             else:
                 kw["default"] = default
         if meta.get("positional"):
-            kw.pop("required", None)
-            kw.setdefault("nargs", "?")
+            kw.pop("required", None)  # a positional without a default is required as it is
+            if default is not MISSING:
+                kw.setdefault("nargs", "?")
             parser.add_argument(f.name, **kw)
         else:
             parser.add_argument(flag(f.name), dest=f.name, **kw)
@@ -187,7 +188,10 @@ _TYPE_NAMES = {int: "int", float: "float", str: "string", bool: "boolean"}
 
 def _coerce(base: Any, value: Any) -> tuple[Any, bool]:
     """(value as `base`, whether it has that type); ints are accepted as floats, bools never
-    as numbers; a list for a string option is its comma-separated form (`[0, 3]` -> "0,3")."""
+    as numbers; a list for a string option is its comma-separated form (`[0, 3]` -> "0,3"), a
+    number its text (`png = 4`, `fill = 0.5`, `target = 3`), as the CLI spells them."""
+    if base is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value), True
     if base is str and isinstance(value, list):
         ok = all(isinstance(v, str | int) and not isinstance(v, bool) for v in value)
         return (",".join(map(str, value)), True) if ok and value else (value, False)

@@ -13,7 +13,6 @@ plugin installed while JAX runs on the CPU.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import importlib.metadata as md
@@ -22,20 +21,21 @@ import json
 import os
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
+from jaxviz.jobs.config import JobConfig, option
 from jaxviz.runtime import memory
 
 GPU_FAISS = ("faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "faiss-gpu-cu13")
 JAX_CUDA = ("jax-cuda12-plugin", "jax-cuda13-plugin")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--plan", action="store_true", help="also print the device-memory plan")
-    p.add_argument(
-        "--model", default="demo", help="model whose chunk sizes --plan shows (default: demo)"
-    )
-    p.add_argument("--json", default=None, help="also write the report to this JSON file")
+@dataclass(kw_only=True)
+class DoctorConfig(JobConfig):
+    plan: bool = option(False, "also print the device-memory plan")
+    model: str = option("demo", "model whose chunk sizes --plan shows")
+    json: str | None = option(None, "also write the report to this JSON file")
 
 
 def _norm(name: str) -> str:
@@ -185,7 +185,7 @@ def plan_report(model_name: str, faiss_gpu: bool) -> dict:
     }
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: DoctorConfig) -> int:
     import faiss
 
     faiss_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0

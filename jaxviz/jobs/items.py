@@ -17,10 +17,10 @@ O(1). Process 0 merges the table parts and writes the manifest and report at the
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -29,26 +29,24 @@ import pyarrow as pa
 
 from jaxviz.data.pipeline import Batch, stream
 from jaxviz.data.sources import Source
-from jaxviz.errors import UsageError
-from jaxviz.jobs.blocks import BlockWriter, add_store_args, process_items
+from jaxviz.jobs.blocks import BlockWriter, StoreOptions, process_items
 from jaxviz.jobs.output import JobOutput
-from jaxviz.jobs.resume import ProgressRecord, add_checkpoint_arg, signature
+from jaxviz.jobs.resume import CheckpointOptions, ProgressRecord, signature
 from jaxviz.models.preprocess import Preprocess
 from jaxviz.runtime.distributed import barrier
 from jaxviz.runtime.signals import deferred_interrupts
 
 
-def add_item_args(p: argparse.ArgumentParser) -> None:
+@dataclass(kw_only=True)
+class ItemOptions(CheckpointOptions, StoreOptions):
     """Options of every per-item job: checkpoints, the PNG sample, the stores' layout."""
-    add_checkpoint_arg(p)
-    add_store_args(p)
 
 
 class ItemOutput:
     """The stores, table, PNG sample and progress of one per-item job (see the module doc).
 
     stores: {name: row shape}; columns: {name: pyarrow type} of the job's table columns.
-    args: the job's options (`add_item_args`). Every process of the run constructs one.
+    args: the job's config (it inherits `ItemOptions`). Every process of the run constructs one.
     `state`: a JSON-able dict of the job's own, saved with the progress.
     """
 
@@ -59,10 +57,8 @@ class ItemOutput:
         n: int,
         stores: dict[str, tuple[int, ...]],
         columns: dict[str, pa.DataType],
-        args: argparse.Namespace,
+        args: ItemOptions,
     ):
-        if args.checkpoint_every < 1:
-            raise UsageError(f"--checkpoint-every must be at least 1, got {args.checkpoint_every}")
         self.writer = w = BlockWriter(out, source, n, stores, columns, args)
         self.out, self.source, self.n, self.every = out, source, n, args.checkpoint_every
         self.me, self.count = jax.process_index(), jax.process_count()

@@ -11,24 +11,26 @@ FLOP saving and a measured speedup over brute force.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import time
+from dataclasses import dataclass
 
 import jax
 import numpy as np
 import pyarrow as pa
 
-from jaxviz.data.sources import Source, open_source
+from jaxviz.data.sources import Source
 from jaxviz.errors import UsageError
 from jaxviz.jobs.common import (
-    add_data_args,
-    add_model_args,
-    add_out_arg,
+    DataOptions,
+    ModelOptions,
+    OutOptions,
     model_config,
     model_from_args,
+    source_from_args,
 )
-from jaxviz.jobs.items import ItemOutput, add_item_args
+from jaxviz.jobs.config import NON_NEGATIVE, POSITIVE, option
+from jaxviz.jobs.items import ItemOptions, ItemOutput
 from jaxviz.jobs.output import JobOutput
 from jaxviz.methods import incremental
 from jaxviz.methods.occlusion import OUTPUTS, grid_size, occlusion, positions, window_centre
@@ -38,52 +40,43 @@ from jaxviz.render.heatmap import overlay
 from jaxviz.runtime.progress import Progress
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
-    add_data_args(p)
-    add_out_arg(p, "out/occlusion")
-    add_item_args(p)
-    p.add_argument("--window", type=int, default=16, help="patch size in pixels (default: 16)")
-    p.add_argument("--stride", type=int, default=4, help="step between patches (default: 4)")
-    p.add_argument(
-        "--target",
-        default="pred",
-        help="'pred' (the predicted class), or class ids/names separated by commas, all "
-        "computed in the same passes (default: pred)",
+@dataclass(kw_only=True)
+class OcclusionConfig(ModelOptions, DataOptions, ItemOptions, OutOptions):
+    window: int = option(16, "patch size in pixels", check=POSITIVE)
+    stride: int = option(4, "step between patches", check=POSITIVE)
+    target: str = option(
+        "pred",
+        "'pred' (the predicted class), or class ids/names separated by commas, all computed in "
+        "the same passes",
     )
-    p.add_argument(
-        "--fill",
-        default="0",
-        help="what the patch shows: a number in normalized input units, 'mean' (the image's "
-        "mean colour) or 'blur' (a Gaussian-blurred copy, sigma window/4) (default: 0)",
+    fill: str = option(
+        "0",
+        "what the patch shows: a number in normalized input units, 'mean' (the image's mean "
+        "colour) or 'blur' (a Gaussian-blurred copy, sigma window/4)",
     )
-    p.add_argument(
-        "--output",
+    output: str = option(
+        "drop",
+        "grid value: probability drop vs the unoccluded image (Captum), the probability or the "
+        "logit",
         choices=OUTPUTS,
-        default="drop",
-        help="grid value: probability drop vs the unoccluded image (Captum), the probability or "
-        "the logit (default: drop)",
     )
-    p.add_argument(
-        "--chunk",
-        type=int,
-        default=None,
-        help="positions per chunk (default: sized from a fraction of device memory)",
+    chunk: int | None = option(
+        None,
+        "positions per chunk (default: sized from a fraction of device memory)",
+        check=POSITIVE,
     )
-    p.add_argument(
-        "--method",
+    method: str = option(
+        "auto",
+        "full: one whole forward pass per position; incremental: exact incremental inference "
+        "(Krypton); auto: incremental when it saves at least 1.1x the FLOPs and enough of them "
+        "over the whole job (5 TFLOP) to repay compiling it",
         choices=("auto", "full", "incremental"),
-        default="auto",
-        help="full: one whole forward pass per position; incremental: exact incremental "
-        "inference (Krypton); auto: incremental when it saves at least 1.1x the FLOPs and "
-        "enough of them over the whole job (5 TFLOP) to repay compiling it (default: auto)",
     )
-    p.add_argument(
-        "--pointing-tolerance",
-        type=float,
-        default=0.0,
-        help="pointing game: a hit when the centre of the window with the largest effect is "
-        "within this many pixels of the box (default: 0)",
+    pointing_tolerance: float = option(
+        0.0,
+        "pointing game: a hit when the centre of the window with the largest effect is within "
+        "this many pixels of the box",
+        check=NON_NEGATIVE,
     )
 
 
@@ -125,7 +118,7 @@ def item_box(source: Source, i: int, model: Model) -> tuple[int, int, int, int] 
     return scale_box(box, (h, w), model.input_size)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: OcclusionConfig) -> int:
     model, params = model_from_args(args)
     hw = model.input_size
     window, stride = (args.window, args.window), (args.stride, args.stride)
@@ -133,11 +126,9 @@ def run(args: argparse.Namespace) -> int:
         hp, wp = grid_size(hw, window, stride)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if args.chunk is not None and args.chunk < 1:
-        raise UsageError("--chunk must be at least 1")
     targets = parse_targets(args.target, model)
     fill = parse_fill(args.fill)
-    source = open_source(args.data)
+    source = source_from_args(args)
     n = len(source) if args.limit is None else min(args.limit, len(source))
     plan = incremental.choose(model, hw, window, stride, args.method, n * hp * wp)
     config = {
@@ -254,7 +245,12 @@ COLUMNS = {
 
 
 def pointing(
-    source: Source, model: Model, i: int, grid: np.ndarray, pixels: np.ndarray, args
+    source: Source,
+    model: Model,
+    i: int,
+    grid: np.ndarray,
+    pixels: np.ndarray,
+    args: OcclusionConfig,
 ) -> dict:
     """The pointing game of item i's first target, on sources with boxes (else {})."""
     box = item_box(source, i, model)
@@ -272,7 +268,13 @@ def pointing(
 
 
 def draw_item(
-    items: ItemOutput, model: Model, image: np.ndarray, i: int, pixels: np.ndarray, item, args
+    items: ItemOutput,
+    model: Model,
+    image: np.ndarray,
+    i: int,
+    pixels: np.ndarray,
+    item: dict,
+    args: OcclusionConfig,
 ) -> None:
     """Overlay PNGs of item i's pixel map, one per target (png/STEM[_CLASS].png)."""
     unit = "logit" if args.output == "logit" else "p"

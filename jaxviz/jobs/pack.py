@@ -10,31 +10,26 @@ manifest.json (counts, files, skipped).
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 from jaxviz.data.decode import BadInput
-from jaxviz.data.sources import open_source
 from jaxviz.data.writers import FORMATS, ShardWriter
-from jaxviz.errors import UsageError
+from jaxviz.jobs.common import source_from_args
+from jaxviz.jobs.config import NON_NEGATIVE, NOT_A_FILE, POSITIVE, JobConfig, option
 from jaxviz.jobs.output import JobOutput
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="the source to pack (any --data form)")
-    p.add_argument("--to", required=True, choices=FORMATS, help="output format")
-    p.add_argument("out", metavar="DIR", help="output folder")
-    p.add_argument(
-        "--per-file", type=int, default=1000, help="samples per output file (default: 1000)"
-    )
-    p.add_argument("--limit", type=int, default=None, help="pack at most this many images")
+@dataclass(kw_only=True)
+class PackConfig(JobConfig):
+    data: str = option(help="the source to pack (any --data form)")
+    to: str = option(help="output format", choices=FORMATS)
+    out: str = option(help="output folder", check=NOT_A_FILE, metavar="DIR", positional=True)
+    per_file: int = option(1000, "samples per output file", check=POSITIVE)
+    limit: int | None = option(None, "pack at most this many images", check=NON_NEGATIVE)
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.per_file < 1:
-        raise UsageError(f"--per-file must be >= 1, got {args.per_file}")
-    if args.limit is not None and args.limit < 0:
-        raise UsageError(f"--limit must be >= 0, got {args.limit}")
-    source = open_source(args.data)
+def run(args: PackConfig) -> int:
+    source = source_from_args(args)
     out = JobOutput(args.out, "pack", {"data": args.data, "to": args.to})
     writer = ShardWriter(out.path(""), args.to, args.per_file, source.class_names)
     n = len(source) if args.limit is None else min(args.limit, len(source))

@@ -3,9 +3,8 @@ job from Python with the same outputs as the CLI.
 
 A job module has `run(config) -> int` and, for a scan job (one streaming pass the sweep can share
 with other scan jobs), `prepare(config) -> ScanJob`. Its options are one dataclass in the module
-(`JobSpec.config`, jobs/config.py). A job not yet converted to a config (`config=None`) has
-`add_arguments(parser)` and `run(namespace)` instead; the CLI and the study use it that way.
-Only the chosen job's module is imported.
+(`JobSpec.config`, jobs/config.py); the config's `command` tells a module serving several jobs
+(attribution, synthesis) which one it runs. Only the chosen job's module is imported.
 """
 
 from __future__ import annotations
@@ -26,76 +25,46 @@ SCAN, PER_IMAGE, OTHER = "scan", "per-image", "other"
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One job. kind: SCAN (shares one pass over the data with other scan jobs of the same
-    model and data), PER_IMAGE (writes outputs image by image, resumable item by item) or
-    OTHER. `config`: the name of
-    its config class in `module` (None: not converted yet). `in_study`: a study may name it."""
+    """One job. `config`: the name of its config class in `module`. kind: SCAN (shares one
+    pass over the data with other scan jobs of the same model and data), PER_IMAGE (writes
+    outputs image by image, resumable item by item) or OTHER. `in_study`: a study may name it."""
 
     name: str
     module: str
+    config: str
     help: str
     kind: str = OTHER
-    config: str | None = None
     in_study: bool = True
 
     def load(self) -> ModuleType:
         return importlib.import_module(self.module)
 
-    def config_class(self) -> type | None:
-        return None if self.config is None else getattr(self.load(), self.config)
+    def config_class(self) -> type:
+        return getattr(self.load(), self.config)
 
     @property
     def defaults(self) -> dict[str, Any]:
-        """Defaults that depend on the job's name (its output folder)."""
-        return {"out": f"out/{self.name}"}
+        """Defaults that depend on the job's name: its output folder, where the config leaves
+        it open (None; `jaxviz pack DIR` requires it)."""
+        out = self.config_class().__dataclass_fields__.get("out")
+        return {"out": f"out/{self.name}"} if out is not None and out.default is None else {}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        cls = self.config_class()
-        if cls is None:
-            self.load().add_arguments(parser)
-        else:
-            cfg.add_arguments(parser, cls, self.defaults)
+        cfg.add_arguments(parser, self.config_class(), self.defaults)
 
     def from_namespace(self, ns: argparse.Namespace) -> Any:
-        """The config of a parsed command line (a legacy job gets the namespace itself)."""
-        cls = self.config_class()
-        if cls is None:
-            ns.command = self.name
-            return ns
-        return cfg.from_namespace(cls, ns, self.name)
+        """The config of a parsed command line."""
+        return cfg.from_namespace(self.config_class(), ns, self.name)
 
     def option_names(self) -> list[str]:
-        """The job's options (config field names, or a legacy parser's dests)."""
-        cls = self.config_class()
-        if cls is not None:
-            return [f.name for f in cfg.options(cls)]
-        return [a.dest for a in self._legacy_parser()._actions if a.dest != "help"]
+        """The job's options (its config's field names)."""
+        return [f.name for f in cfg.options(self.config_class())]
 
     def from_values(self, values: dict, where: str) -> Any:
         """The config from typed values (a study table, Python keywords), validated."""
-        cls = self.config_class()
-        if cls is None:
-            return self._legacy_namespace(values, where)
-        return cfg.from_values(cls, values, command=self.name, where=where, defaults=self.defaults)
-
-    def _legacy_parser(self) -> cfg.Parser:
-        parser = cfg.Parser(prog=f"jaxviz {self.name}", add_help=False)
-        self.load().add_arguments(parser)
-        return parser
-
-    def _legacy_namespace(self, values: dict, where: str) -> argparse.Namespace:
-        """A job not converted yet: its own parser checks the values, given as flags."""
-        parser = self._legacy_parser()
-        known = [a.dest for a in parser._actions if a.dest != "help"]
-        bad = [k for k in values if k not in known]
-        if bad:
-            raise UsageError(f"{where}: unknown option {bad[0]!r}; options: {', '.join(known)}")
-        try:
-            ns = parser.parse_args(_flags(values))
-        except UsageError as e:
-            raise UsageError(f"{where}: {e}") from None
-        ns.command = self.name
-        return ns
+        return cfg.from_values(
+            self.config_class(), values, command=self.name, where=where, defaults=self.defaults
+        )
 
     def run(self, config: Any) -> int:
         return int(self.load().run(config) or 0)
@@ -105,140 +74,147 @@ class JobSpec:
         return self.load().prepare(config)
 
 
-def _flags(values: dict) -> list[str]:
-    argv = []
-    for k, v in values.items():
-        if isinstance(v, bool):
-            argv += [cfg.flag(k)] if v else []
-        elif isinstance(v, list):
-            argv += [cfg.flag(k), ",".join(map(str, v))]
-        else:
-            argv += [cfg.flag(k), str(v)]
-    return argv
-
-
 _SPECS = (
     JobSpec(
         "sweep",
         "jaxviz.jobs.sweep",
+        "SweepConfig",
         "run a study (TOML) of many jobs as one resumable batch job",
         in_study=False,
     ),
     JobSpec(
         "models",
         "jaxviz.jobs.models",
+        "ModelsConfig",
         "list the zoo: stages, output shapes, receptive fields",
-        config="ModelsConfig",
         in_study=False,
     ),
     # in the order a study runs them within a part: producers before the jobs reading their outputs
     JobSpec(
         "filters",
         "jaxviz.jobs.filters",
+        "FiltersConfig",
         "a layer's filters as a tile grid PNG (+ raw .npy)",
-        config="FiltersConfig",
     ),
     JobSpec(
         "evaluate",
         "jaxviz.jobs.evaluate",
+        "EvaluateConfig",
         "top-1 accuracy of a model on a labelled source",
         SCAN,
-        "EvaluateConfig",
     ),
     JobSpec(
         "classify",
         "jaxviz.jobs.classify",
-        "top-k classes with names and probabilities per image",
-        OTHER,
         "ClassifyConfig",
+        "top-k classes with names and probabilities per image",
     ),
     JobSpec(
         "features",
         "jaxviz.jobs.features",
+        "FeaturesConfig",
         "features of a dataset to .npy shards + a FAISS index",
         SCAN,
-        "FeaturesConfig",
     ),
     JobSpec(
         "patches",
         "jaxviz.jobs.patches",
+        "PatchesConfig",
         "maximally activating patches of a layer's channels",
         SCAN,
-        "PatchesConfig",
     ),
     JobSpec(
         "channels",
         "jaxviz.jobs.channels",
+        "ChannelsConfig",
         "per-channel mean/std/max/fraction > 0 of a layer",
         SCAN,
-        "ChannelsConfig",
     ),
     JobSpec(
-        "activations", "jaxviz.jobs.activations", "all channels of a layer for each image", SCAN
+        "activations",
+        "jaxviz.jobs.activations",
+        "ActivationsConfig",
+        "all channels of a layer for each image",
+        SCAN,
     ),
     JobSpec(
         "tsne",
         "jaxviz.jobs.tsne",
+        "TsneConfig",
         "t-SNE of stored features: scatter by label + image-grid mosaic",
-        config="TsneConfig",
     ),
     JobSpec(
         "neighbors",
         "jaxviz.jobs.neighbors",
+        "NeighborsConfig",
         "k nearest images of queries in a features index",
-        config="NeighborsConfig",
     ),
     JobSpec(
         "occlusion",
         "jaxviz.jobs.occlusion",
+        "OcclusionConfig",
         "occlusion: class-score heat maps as a patch slides",
         PER_IMAGE,
     ),
     JobSpec(
         "saliency",
         "jaxviz.jobs.attribution",
+        "AttributionConfig",
         "vanilla gradient saliency maps (Simonyan 2014)",
         PER_IMAGE,
     ),
     JobSpec(
-        "guided", "jaxviz.jobs.attribution", "guided backpropagation (Springenberg 2015)", PER_IMAGE
+        "guided",
+        "jaxviz.jobs.attribution",
+        "AttributionConfig",
+        "guided backpropagation (Springenberg 2015)",
+        PER_IMAGE,
     ),
     JobSpec(
         "gradcam",
         "jaxviz.jobs.attribution",
+        "GradcamConfig",
         "Grad-CAM / Guided Grad-CAM at any stage (Selvaraju)",
         PER_IMAGE,
     ),
     JobSpec(
         "ig",
         "jaxviz.jobs.attribution",
+        "IgConfig",
         "integrated gradients with completeness (Sundararajan)",
         PER_IMAGE,
     ),
     JobSpec(
         "smoothgrad",
         "jaxviz.jobs.attribution",
+        "SmoothgradConfig",
         "SmoothGrad: noise-averaged gradients (Smilkov)",
         PER_IMAGE,
     ),
     JobSpec(
-        "classviz", "jaxviz.jobs.synthesis", "class-model images by gradient ascent (Simonyan 2014)"
+        "classviz",
+        "jaxviz.jobs.synthesis",
+        "ClassvizConfig",
+        "class-model images by gradient ascent (Simonyan 2014)",
     ),
     JobSpec(
         "invert",
         "jaxviz.jobs.synthesis",
+        "InvertConfig",
         "feature inversion with a TV prior (Mahendran 2015)",
         PER_IMAGE,
     ),
     JobSpec(
         "dream",
         "jaxviz.jobs.synthesis",
+        "DreamConfig",
         "DeepDream: amplify a layer's activations, with octaves",
         PER_IMAGE,
     ),
     JobSpec(
         "atlas",
         "jaxviz.jobs.atlas",
+        "AtlasConfig",
         "browsable site of every channel: top patches, stats, feature viz",
         SCAN,
         in_study=False,
@@ -246,12 +222,14 @@ _SPECS = (
     JobSpec(
         "doctor",
         "jaxviz.jobs.doctor",
+        "DoctorConfig",
         "backends in use (JAX, FAISS), shadowed installs, memory plan",
         in_study=False,
     ),
     JobSpec(
         "pack",
         "jaxviz.jobs.pack",
+        "PackConfig",
         "write any --data source as tar shards, ArrayRecord or Parquet",
         in_study=False,
     ),
@@ -302,7 +280,7 @@ def run(
         config["model"] = model
     if data is not None:
         if not isinstance(data, str):
-            given_source = _source(data, where, spec)
+            given_source = _source(data, where)
             data = given_source.spec or f"<{type(data).__name__} of {len(given_source)} items>"
         config["data"] = data
     if out is not None:
@@ -315,13 +293,11 @@ def run(
     return json.loads(manifest.read_text()) if manifest and manifest.is_file() else {}
 
 
-def _source(data: Any, where: str, spec: JobSpec):
+def _source(data: Any, where: str):
     from jaxviz.data.sources import Source
 
     if not isinstance(data, Source):
         raise UsageError(
             f"{where}: data must be a --data spec string or a Source, got {type(data).__name__}"
         )
-    if spec.config is None:
-        raise UsageError(f"{where}: this job takes data only as a --data spec string for now")
     return data

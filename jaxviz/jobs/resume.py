@@ -13,26 +13,29 @@ over; another process count is refused (the items are split by process).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jaxviz.errors import UsageError
+from jaxviz.jobs.config import POSITIVE, JobConfig, option
 from jaxviz.jobs.output import _json_default, save_json
 
 PROGRESS = ".progress"
 
 
-def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=10,
+@dataclass(kw_only=True)
+class CheckpointOptions(JobConfig):
+    """When a per-item job saves its progress."""
+
+    checkpoint_every: int = option(
+        10,
+        "save progress every N batches (and on Ctrl-C/SIGTERM); rerunning the same command with "
+        "the same --out resumes after the last save",
+        check=POSITIVE,
         metavar="N",
-        help="save progress every N batches (and on Ctrl-C/SIGTERM); rerunning the same "
-        "command with the same --out resumes after the last save (default: 10)",
     )
 
 

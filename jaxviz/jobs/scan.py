@@ -8,7 +8,6 @@ pass this way (the sweep relies on it).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -255,8 +254,8 @@ class ScanJob:
     jobs over the same model and data into ONE pass.
 
     `complete(results)` receives {consumer name: finish()} for this job's consumers and writes
-    its outputs. Batch size, limit, dtype and the sharing key come from the job's parsed
-    arguments (`--batch-size`, `--limit`, `--dtype`, see `jobs.common.scan_key`); jobs merge
+    its outputs. Batch size, limit, dtype and the sharing key come from the job's config
+    (`--batch-size`, `--limit`, `--dtype`, see `jobs.common.scan_key`); jobs merge
     when their keys are equal.
     """
 
@@ -266,7 +265,7 @@ class ScanJob:
     out: JobOutput
     consumers: list
     complete: Callable[[dict], None]
-    args: argparse.Namespace
+    args: Any  # the job's config: ModelOptions and DataOptions fields
 
     @property
     def batch_size(self) -> int:

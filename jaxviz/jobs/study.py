@@ -42,7 +42,7 @@ DEPENDS = {"tsne": ("features", "features"), "neighbors": ("index", "features")}
 
 @dataclass
 class Job:
-    """One job of a part: its name, output subfolder and config (a legacy job's namespace)."""
+    """One job of a part: its name, output subfolder and config (`args`, a job config)."""
 
     part: str
     command: str
@@ -116,13 +116,14 @@ def parse_job(part: str, command: str, folder: str, options: Any, common: dict, 
     return Job(part, command, folder, spec.from_values({**values, "out": str(path)}, where))
 
 
-def _check_layers(job: Job) -> None:
+def _check_layers(job: Job, models: dict) -> None:
+    """The job's layer is a stage of its model (`models`: spec -> Model, filled as needed)."""
     layer = getattr(job.args, "layer", None)
     spec = getattr(job.args, "model", None)
     if layer and spec:
-        from jaxviz.models.zoo import entry
+        from jaxviz.models.zoo import build
 
-        model = entry(spec.partition("=")[0]).build()
+        model = models[spec] = models.get(spec) or build(spec)
         if layer not in model.stage_names:
             raise UsageError(
                 f"part {job.part!r}, job {job.command!r}: unknown layer {layer!r} "
@@ -171,6 +172,7 @@ def load_study(text: str, out: Path, source_name: str = "study") -> Study:
         raise UsageError(f"{source_name}: no [[part]] tables; a study needs at least one")
     parts: dict[str, list[Job]] = {}
     seen: dict[str, str] = {}
+    models: dict = {}
     for p in parts_doc:
         if "model" not in p or "data" not in p:
             raise UsageError(f"{source_name}: every [[part]] needs model and data; got {p}")
@@ -200,7 +202,7 @@ def load_study(text: str, out: Path, source_name: str = "study") -> Study:
                     opts = _with_dependency(name, key, dict(opts), p, out)
                 jobs.append(parse_job(name, key, folder, opts, common, out))
         for j in jobs:
-            _check_layers(j)
+            _check_layers(j, models)
         parts[name] = jobs
     from jaxviz.data.sources import open_source
 

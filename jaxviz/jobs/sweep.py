@@ -9,53 +9,43 @@ failure goes to `--out/events.jsonl`; the report is `--out/index.html`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
 
 from jaxviz.errors import UsageError
-from jaxviz.jobs.common import add_out_arg, shared_models
-from jaxviz.jobs.config import POSITIVE, checked
+from jaxviz.jobs.common import DistributedOptions, OutOptions, shared_models
+from jaxviz.jobs.config import POSITIVE, option
 from jaxviz.jobs.output import save_json
 from jaxviz.jobs.registry import PER_IMAGE, SCAN, STUDY_JOBS, JobSpec, job
 from jaxviz.jobs.scan import run_scan_jobs
 from jaxviz.jobs.study import Job, Study, default_study_text, load_study
 from jaxviz.render.report import write_study_report
-from jaxviz.runtime.distributed import add_distributed_args, barrier, initialize_from
+from jaxviz.runtime.distributed import barrier, initialize_from
 from jaxviz.runtime.lock import lock_out
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "study",
-        nargs="?",
-        default=None,
-        help="study TOML file (default: the built-in study: the demo model on the "
-        "shapes set and efficientnet_lite0 on the sample photos)",
+@dataclass(kw_only=True)
+class SweepConfig(DistributedOptions, OutOptions):
+    study: str | None = option(
+        None,
+        "study TOML file (default: the built-in study: the demo model on the shapes set and "
+        "efficientnet_lite0 on the sample photos)",
+        positional=True,
     )
-    add_out_arg(p, "out/sweep")
-    p.add_argument(
-        "--restart",
-        action="store_true",
-        help="start over even if --out holds another study's (partial) results",
+    restart: bool = option(
+        False, "start over even if --out holds another study's (partial) results"
     )
-    p.add_argument(
-        "--checkpoint-every",
-        type=checked(int, POSITIVE),
-        default=20,
-        metavar="N",
-        help="save the streaming state every N batches (default: 20)",
+    checkpoint_every: int = option(
+        20, "save the streaming state every N batches", check=POSITIVE, metavar="N"
     )
-    add_distributed_args(p)
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="validate the study, print the plan and the estimated work, run nothing",
+    dry_run: bool = option(
+        False, "validate the study, print the plan and the estimated work, run nothing"
     )
 
 
@@ -102,10 +92,10 @@ def estimate(job: Job, n_images: int) -> int:
         return 0  # works on another job's outputs (t-SNE, neighbours from an index)
     n = min(n_images, a.limit) if getattr(a, "limit", None) else n_images
     if job.command == "occlusion":
-        from jaxviz.models.zoo import entry
+        from jaxviz.models.zoo import build
 
-        h, w = entry(a.model.partition("=")[0]).build().input_size
-        win, st = getattr(a, "window", 16), getattr(a, "stride", 8)
+        h, w = build(a.model).input_size
+        win, st = a.window, a.stride
         return n * (((h - win) // st + 1) * ((w - win) // st + 1) + 1)
     for attr in ("steps", "samples", "iterations"):
         if isinstance(getattr(a, attr, None), int):
@@ -244,7 +234,7 @@ def _print_summary(summary: list[dict], state: dict, out: Path) -> None:
     print(f"report: {out / 'index.html'}")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: SweepConfig) -> int:
     out = Path(args.out)
     initialize_from(args)
     if args.study:

@@ -14,26 +14,26 @@ runs a whole batch (classes for classviz, images for invert and dream), sharded 
 
 from __future__ import annotations
 
-import argparse
 import functools
 import time
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pyarrow as pa
 
-from jaxviz.data.sources import open_source
-from jaxviz.errors import UsageError
 from jaxviz.jobs.attribution import NOT_CONFIG
 from jaxviz.jobs.common import (
-    add_data_args,
-    add_model_args,
-    add_out_arg,
+    DataOptions,
+    ModelOptions,
+    OutOptions,
     model_config,
     model_from_args,
+    source_from_args,
 )
-from jaxviz.jobs.items import ItemOutput, add_item_args
+from jaxviz.jobs.config import NON_NEGATIVE, POSITIVE, Check, option, redefault
+from jaxviz.jobs.items import ItemOptions, ItemOutput
 from jaxviz.jobs.output import JobOutput
 from jaxviz.methods import synthesis as syn
 from jaxviz.methods.targets import parse_target
@@ -42,68 +42,64 @@ from jaxviz.render.grid import caption, tile_grid, upscale
 from jaxviz.runtime.devices import batch_sharding, local_mesh, replicated, round_up
 from jaxviz.runtime.progress import Progress
 
-# subcommand -> (default steps, default learning rate)
-DEFAULTS = {"classviz": (200, 0.1), "invert": (200, 0.05), "dream": (20, 0.02)}
+
+@dataclass(kw_only=True)
+class SynthesisConfig(ModelOptions, OutOptions):
+    """Options of every synthesis job; each job's own defaults of steps and lr."""
+
+    steps: int = option(200, "steps", check=POSITIVE)
+    lr: float = option(0.1, "step size", check=POSITIVE)
+    synth_seed: int = option(0, "noise/jitter seed")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    command = p.prog.split()[-1]
-    steps, lr = DEFAULTS[command]
-    add_model_args(p)
-    add_out_arg(p, f"out/{command}")
-    if command == "classviz":
-        p.add_argument(
-            "--classes",
-            default="all",
-            help="comma-separated class ids or names, or 'all' (default: all)",
-        )
-        p.add_argument("--batch-size", type=int, default=32, help="classes per batch (default: 32)")
-        p.add_argument("--l2", type=float, default=1e-3, help="L2 decay per step (default: 1e-3)")
-        p.add_argument("--blur-every", type=int, default=4, help="blur every N steps (default: 4)")
-        p.add_argument(
-            "--blur-sigma", type=float, default=0.5, help="blur std in pixels (default: 0.5)"
-        )
-        p.add_argument(
-            "--blur-until",
-            type=float,
-            default=0.75,
-            help="blur only during this first fraction of the steps; the rest sharpen "
-            "(default: 0.75)",
-        )
-        p.add_argument(
-            "--clip-norm-pct",
-            type=float,
-            default=0.0,
-            help="after each step reset pixels whose norm is below this per-image quantile to "
-            "the mean colour (Yosinski 2015; e.g. 0.5) (default: 0, off)",
-        )
-        p.add_argument(
-            "--objective",
-            choices=("logprob", "logit"),
-            default="logprob",
-            help="score ascended: the class log-probability, or the class logit as in Simonyan "
-            "2014 (on the demo model the logit also raises similar classes: ring -> circle) "
-            "(default: logprob)",
-        )
-    else:
-        add_data_args(p)
-        add_item_args(p)
-        p.add_argument("--layer", required=True, help="stage whose features are used")
-    if command == "invert":
-        p.add_argument(
-            "--tv-weight", type=float, default=0.05, help="total-variation weight (default: 0.05)"
-        )
-        p.add_argument("--tv-beta", type=float, default=2.0, help="TV exponent beta (default: 2)")
-    if command == "dream":
-        p.add_argument("--octaves", type=int, default=3, help="number of scales (default: 3)")
-        p.add_argument(
-            "--octave-scale", type=float, default=1.4, help="ratio between scales (default: 1.4)"
-        )
-    if command in ("classviz", "dream"):
-        p.add_argument("--jitter", type=int, default=4, help="max random roll in px (default: 4)")
-    p.add_argument("--steps", type=int, default=steps, help=f"steps (default: {steps})")
-    p.add_argument("--lr", type=float, default=lr, help=f"step size (default: {lr})")
-    p.add_argument("--synth-seed", type=int, default=0, help="noise/jitter seed (default: 0)")
+@dataclass(kw_only=True)
+class ClassvizConfig(SynthesisConfig):
+    classes: str = option("all", "comma-separated class ids or names, or 'all'")
+    batch_size: int = option(32, "classes per batch", check=POSITIVE)
+    l2: float = option(1e-3, "L2 decay per step", check=NON_NEGATIVE)
+    blur_every: int = option(4, "blur every N steps", check=POSITIVE)
+    blur_sigma: float = option(0.5, "blur std in pixels", check=NON_NEGATIVE)
+    blur_until: float = option(
+        0.75,
+        "blur only during this first fraction of the steps; the rest sharpen",
+        check=Check("in [0, 1]", lambda v: 0 <= v <= 1),
+    )
+    clip_norm_pct: float = option(
+        0.0,
+        "after each step reset pixels whose norm is below this per-image quantile to the mean "
+        "colour (Yosinski 2015; e.g. 0.5; 0: off)",
+        check=Check("in [0, 1)", lambda v: 0 <= v < 1),
+    )
+    objective: str = option(
+        "logprob",
+        "score ascended: the class log-probability, or the class logit as in Simonyan 2014 (on "
+        "the demo model the logit also raises similar classes: ring -> circle)",
+        choices=("logprob", "logit"),
+    )
+    jitter: int = option(4, "max random roll in px", check=NON_NEGATIVE)
+
+
+@dataclass(kw_only=True)
+class PerImageSynthesisConfig(SynthesisConfig, DataOptions, ItemOptions):
+    """Options of the synthesis jobs that start from each image of a source."""
+
+    layer: str = option(help="stage whose features are used")
+
+
+@dataclass(kw_only=True)
+class InvertConfig(PerImageSynthesisConfig):
+    tv_weight: float = option(0.05, "total-variation weight", check=NON_NEGATIVE)
+    tv_beta: float = option(2.0, "TV exponent beta", check=POSITIVE)
+    lr: float = redefault(SynthesisConfig, "lr", 0.05)
+
+
+@dataclass(kw_only=True)
+class DreamConfig(PerImageSynthesisConfig):
+    octaves: int = option(3, "number of scales", check=POSITIVE)
+    octave_scale: float = option(1.4, "ratio between scales", check=POSITIVE)
+    jitter: int = option(4, "max random roll in px", check=NON_NEGATIVE)
+    steps: int = redefault(SynthesisConfig, "steps", 20)
+    lr: float = redefault(SynthesisConfig, "lr", 0.02)
 
 
 def parse_classes(spec: str, model: Model) -> list[int]:
@@ -113,7 +109,7 @@ def parse_classes(spec: str, model: Model) -> list[int]:
     return [parse_target(s.strip(), model.num_classes, model.class_names) for s in spec.split(",")]
 
 
-def make_step(args: argparse.Namespace, model: Model):
+def make_step(args: SynthesisConfig, model: Model):
     """The jitted synthesis of one batch: (params, inputs) -> dict of [B, ...] arrays."""
     key = jax.random.key(args.synth_seed)
     cmd = args.command
@@ -151,24 +147,10 @@ def make_step(args: argparse.Namespace, model: Model):
     return jax.jit({"classviz": classviz, "invert": invert, "dream": dream}[cmd])
 
 
-def _check(args: argparse.Namespace, model: Model) -> None:
-    for name in ("steps", "batch_size", "blur_every", "octaves"):
-        v = getattr(args, name, None)
-        if v is not None and v < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-    pct = getattr(args, "clip_norm_pct", 0.0)
-    if not 0.0 <= pct < 1.0:
-        raise UsageError(f"--clip-norm-pct must be in [0, 1), got {pct}")
-    until = getattr(args, "blur_until", 0.0)
-    if not 0.0 <= until <= 1.0:
-        raise UsageError(f"--blur-until must be in [0, 1], got {until}")
-    if getattr(args, "layer", None) is not None:
-        model.index(args.layer)
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args: SynthesisConfig) -> int:
     model, params = model_from_args(args)
-    _check(args, model)
+    if isinstance(args, PerImageSynthesisConfig):
+        model.index(args.layer)  # a one-line UsageError naming the stages
     mesh = local_mesh()
     batch_size = round_up(args.batch_size, mesh.size)
     config = {
@@ -180,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     step = make_step(args, model)
     params = jax.device_put(params, replicated(mesh))
     put = functools.partial(jax.device_put, device=batch_sharding(mesh))
-    if args.command == "classviz":
+    if isinstance(args, ClassvizConfig):
         _classviz(args, model, params, step, put, out, batch_size)
         _finish(args, out)
     else:
@@ -188,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finish(args: argparse.Namespace, out: JobOutput) -> None:
+def _finish(args: SynthesisConfig, out: JobOutput) -> None:
     out.finish()
     print(f"{args.command}: {out.counts} -> {args.out}")
 
@@ -229,7 +211,7 @@ def _classviz(args, model, params, step, put, out: JobOutput, batch_size: int) -
 
 
 def _per_image(args, model, params, step, put, out: JobOutput, batch_size: int) -> None:
-    source = open_source(args.data)
+    source = source_from_args(args)
     n = len(source) if args.limit is None else min(args.limit, len(source))
     columns = {"before": pa.float32(), "after": pa.float32()}
     items = ItemOutput(out, source, n, {"images": (*model.input_size, 3)}, columns, args)

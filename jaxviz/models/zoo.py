@@ -111,13 +111,25 @@ def _checked(spec: str, made: object) -> tuple[Model, Params]:
     return made
 
 
+def _is_factory(spec: str) -> bool:
+    return ":" in spec and "=" not in spec
+
+
+def build(spec: str) -> Model:
+    """The Model a `--model` spec names, without its weights (checking a study's layer names,
+    estimating work); a MODULE:ATTR factory is called, as it is the only way to learn it."""
+    if _is_factory(spec):
+        return load_model(spec)[0]
+    return entry(spec.partition("=")[0]).build()
+
+
 def load_model(spec: str, random_init: bool = False, seed: int = 0) -> tuple[Model, Params]:
     """Parse a `--model` spec and return (model, params).
 
     spec: 'NAME' (embedded weights, or random with random_init), 'NAME=PATH' (a checkpoint),
     'MODULE:ATTR' (a factory returning (Model, params)) or an installed plugin's name.
     """
-    if ":" in spec and "=" not in spec:
+    if _is_factory(spec):
         if random_init:
             raise UsageError(f"--random-init does not apply to --model {spec}")
         return _checked(spec, factory(spec)())

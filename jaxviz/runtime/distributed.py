@@ -3,7 +3,6 @@ per-process scan states through the shared output folder."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
 from pathlib import Path
@@ -14,21 +13,9 @@ import jax
 from jaxviz.errors import UsageError
 
 
-def add_distributed_args(p: argparse.ArgumentParser) -> None:
-    """The options by which every command joins a multi-process run (see `initialize_from`)."""
-    p.add_argument(
-        "--coordinator",
-        default=None,
-        metavar="HOST:PORT",
-        help="join a multi-process run (process 0's address); under SLURM with several "
-        "tasks this is detected on its own",
-    )
-    p.add_argument("--num-processes", type=int, default=None, help="with --coordinator")
-    p.add_argument("--process-id", type=int, default=None, help="with --coordinator")
-
-
-def initialize_from(args: argparse.Namespace) -> tuple[int, int]:
-    """`initialize` from a command's parsed options (those of `add_distributed_args`)."""
+def initialize_from(args: Any) -> tuple[int, int]:
+    """`initialize` from a job's config (its `coordinator`, `num_processes`, `process_id`:
+    jobs/common.py DistributedOptions)."""
     return initialize(
         getattr(args, "coordinator", None),
         getattr(args, "num_processes", None),
