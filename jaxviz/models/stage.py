@@ -14,6 +14,7 @@ forward pass (`starts`), and run without its own padding on an input padded with
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -210,8 +211,13 @@ def abstract_params(model: Model, input_size: Pair | None = None) -> Params:
     """Shapes and dtypes of the params (jax.ShapeDtypeStruct leaves); nothing is computed."""
     if model.program is not None:
         return model.program.like
-    h, w = input_size or model.input_size
-    return jax.eval_shape(lambda: init_params(model, jax.random.key(0), (h, w)))
+    return _abstract_params(model, tuple(input_size or model.input_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _abstract_params(model: Model, hw: Pair) -> Params:
+    # cached: tracing a whole model's init takes seconds, and planners ask once per stage
+    return jax.eval_shape(lambda: init_params(model, jax.random.key(0), hw))
 
 
 def cumulative_geometry(model: Model) -> dict[str, Geometry | None | Any]:
