@@ -33,6 +33,7 @@ from jaxviz.jobs.scan import make_step
 from jaxviz.methods.channel_stats import ChannelStats
 from jaxviz.methods.feature_viz import channel_visualization
 from jaxviz.methods.patches import PatchMiner
+from jaxviz.methods.synthesis import Ascent
 from jaxviz.models.zoo import load_model
 from jaxviz.runtime.devices import batch_sharding, local_mesh, replicated, round_up
 
@@ -112,7 +113,9 @@ def bench_mining(images: int, batch: int, k: int, rounds: int) -> dict:
 
 def bench_feature_viz(layer: str, channels: int, steps: int, rounds: int) -> dict:
     model, params = load_model("demo")
-    fn = jax.jit(functools.partial(channel_visualization, model, layer=layer, steps=steps))
+    fn = jax.jit(
+        functools.partial(channel_visualization, model, layer=layer, ascent=Ascent(steps=steps))
+    )
     chans = jnp.arange(channels, dtype=jnp.int32)
     key = jax.random.key(0)
 
