@@ -15,8 +15,8 @@ The kernel gradient is JAX's. Grouped and input-dilated convolutions keep JAX's 
 
 A strided convolution's input gradient is, in JAX's rule, a convolution of the output gradient
 dilated by the stride (zeros between its rows and columns: `lhs_dilation`). XLA:CPU's Eigen
-convolution runs that form slowly and slower per image as the batch grows (demo conv1, 7x7/2:
-0.5 ms an image at batch 1, 1.0 ms at batch 64), and 1 - 1/s^2 of its products are with zeros.
+convolution runs that form slowly, and slower per image as the batch grows (the demo's conv1,
+7x7/2, in batched feature visualization), and 1 - 1/s^2 of its products are with zeros.
 Here it is one stride-1 convolution instead (the sub-pixel form of a transposed convolution,
 Shi et al. 2016, "Real-Time Single Image and Video Super-Resolution Using an Efficient Sub-Pixel
 Convolutional Neural Network"): input pixel s*q + r (residue r per axis) receives g[q + delta]
