@@ -19,6 +19,7 @@ from PIL import Image
 
 from jaxviz.cli import main
 from jaxviz.methods.feature_viz import channel_mean, channel_visualization
+from jaxviz.methods.synthesis import Ascent
 from tests.test_report import CHROMIUM_FLAGS, _chromium
 
 LAYERS = ("conv1", "conv3")
@@ -119,7 +120,9 @@ def test_batched_feature_viz_equals_one_channel_at_a_time():
     model, params = load_model("demo")
     channels = jnp.asarray([3, 0, 17, 5], jnp.int32)
     start = jax.random.uniform(jax.random.key(1), (4, 64, 64, 3), minval=-1.0, maxval=1.0)
-    fn = jax.jit(functools.partial(channel_visualization, model, layer="conv2", steps=12))
+    fn = jax.jit(
+        functools.partial(channel_visualization, model, layer="conv2", ascent=Ascent(steps=12))
+    )
     batched = fn(params, channels=channels, key=jax.random.key(0), start=start)
     single = [
         fn(params, channels=channels[i : i + 1], key=jax.random.key(0), start=start[i : i + 1])

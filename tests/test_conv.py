@@ -1,5 +1,6 @@
-"""jaxviz.models.conv: the custom input gradient equals JAX's own rule, and stays canonical
-(HWIO kernel) inside a loop body, where JAX's rule leaves the slow swapped-kernel form."""
+"""jaxviz.models.conv: the custom input gradient equals JAX's own rule (strided convolutions in
+the sub-pixel form too), and stays canonical (HWIO kernel, no input dilation) inside a loop body,
+where JAX's rule leaves the slow swapped-kernel form."""
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,8 @@ CASES = [  # (size, kernel, stride, padding, dilation)
     (14, 1, 2, ((0, 0), (0, 0)), 1),
     (15, 3, 2, ((0, 1), (1, 0)), 1),  # TF-style "same" on an odd size
     (17, 3, 1, "SAME", 2),
+    (19, 3, 2, ((2, 2), (2, 2)), 2),  # strided and dilated
+    (20, 5, 3, ((1, 2), (2, 1)), 1),  # a stride that divides neither kernel nor size
 ]
 
 
@@ -50,15 +53,17 @@ def test_input_gradient_in_a_loop_uses_canonical_kernels():
     x = jnp.ones((2, 9, 9, 4))
     w = jnp.ones((3, 3, 4, 6))
 
-    def loop(conv):
+    def loop(conv, stride):
         def body(acc, a):
-            g = jax.grad(lambda v: jnp.sum(conv(v, w, (1, 1), "SAME", dimension_numbers=NHWC) ** 2))
-            return acc + g(a * x), None
+            y = lambda v: conv(v, w, (stride, stride), "SAME", dimension_numbers=NHWC)  # noqa: E731
+            return acc + jax.grad(lambda v: jnp.sum(y(v) ** 2))(a * x), None
 
         return lambda: lax.scan(body, jnp.zeros_like(x), jnp.linspace(0, 1, 3))[0]
 
-    def hlo(conv):
-        return jax.jit(loop(conv)).lower().compile().as_text()
+    def hlo(conv, stride=1):
+        return jax.jit(loop(conv, stride)).lower().compile().as_text()
 
     assert "01oi" in hlo(lax.conv_general_dilated)  # the slow form this module avoids
     assert "01oi" not in hlo(conv_general_dilated)
+    assert "lhs_dilate" in hlo(lax.conv_general_dilated, 2)  # zeros between g's pixels
+    assert "lhs_dilate" not in hlo(conv_general_dilated, 2)

@@ -40,7 +40,9 @@ def test_classviz_small_norm_clipping_reaches_every_class(demo):
     model, params = demo
     classes = jnp.arange(model.num_classes, dtype=jnp.int32)
     run = jax.jit(
-        functools.partial(syn.class_visualization, model, blur_until=0.6, clip_norm_pct=0.3)
+        functools.partial(
+            syn.class_visualization, model, ascent=syn.Ascent(blur_until=0.6, clip_norm_pct=0.3)
+        )
     )
     x = run(params, classes, jax.random.key(0))
     probs = jax.nn.softmax(forward_fn(model)(params, x), axis=-1)
@@ -55,7 +57,10 @@ def test_batched_equals_per_image(demo):
         jax.random.randint(jax.random.key(1), (2, 32, 32, 3), 0, 256)
     )
     cases = [
-        (jax.jit(functools.partial(syn.class_visualization, model, steps=4)), jnp.asarray([2, 7])),
+        (
+            jax.jit(functools.partial(syn.class_visualization, model, ascent=syn.Ascent(steps=4))),
+            jnp.asarray([2, 7]),
+        ),
         (jax.jit(functools.partial(syn.invert, model, layer="conv2", steps=4)), images),
         (jax.jit(functools.partial(syn.dream, model, layer="conv2", steps=2, octaves=2)), images),
     ]

@@ -16,6 +16,10 @@ from jaxviz.errors import UsageError, unknown
 
 BACKENDS = ("auto", "jax", "opentsne", "tsnecuda", "sklearn")
 MODES = ("auto", "exact", "interpolated")
+# up to this many points openTSNE runs on one thread by default: its per-iteration work is then
+# small next to the synchronization of its threads, which on a busy 2-core machine cost several
+# times the CPU of the work itself (the atlas's 2000 points, and the 40 of its test)
+ONE_THREAD_MAX_POINTS = 2000
 
 
 def tsne(
@@ -35,9 +39,10 @@ def tsne(
 
     n_iter counts iterations after the `early_exaggeration_iter` exaggerated ones (openTSNE's
     convention; 250 + 500 by default). mode (jax only): exact (tiled O(N^2)), interpolated (FIt-SNE,
-    O(N)) or auto. n_jobs: CPU threads of openTSNE / scikit-learn (default: all). `engine` passes
-    further TSNEConfig fields to the JAX engine. info holds the
-    backend used, KL divergence, timings and, for jax, the KL trace and seconds per iteration.
+    O(N)) or auto. n_jobs: CPU threads of openTSNE / scikit-learn (default: all; one up to
+    ONE_THREAD_MAX_POINTS points). `engine` passes further TSNEConfig fields to the JAX engine.
+    info holds the backend used, KL divergence, timings and, for jax, the KL trace and seconds
+    per iteration.
     """
     if backend not in BACKENDS:
         raise unknown("t-SNE backend", backend, BACKENDS)
@@ -52,7 +57,7 @@ def tsne(
     if backend == "auto":
         backend = "jax" if _accelerator() else "opentsne"
     run: Callable[..., tuple[np.ndarray, dict[str, Any]]] = _RUNNERS[backend]
-    n_jobs = n_jobs or os.cpu_count() or 1
+    n_jobs = n_jobs or (1 if len(x) <= ONE_THREAD_MAX_POINTS else os.cpu_count() or 1)
     t0 = time.perf_counter()
     coords, info = run(
         x,

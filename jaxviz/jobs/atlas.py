@@ -54,6 +54,7 @@ from jaxviz.jobs.scan import ScanJob
 from jaxviz.methods.channel_stats import ChannelStats
 from jaxviz.methods.feature_viz import channel_visualization
 from jaxviz.methods.patches import PatchMiner
+from jaxviz.methods.synthesis import Ascent
 from jaxviz.models.stage import Model, Params, receptive_fields, stage_shapes
 from jaxviz.render.atlas import boxed, layer_pages, overview_page
 from jaxviz.render.grid import tile_grid, upscale
@@ -250,8 +251,8 @@ def _feature_viz(
     mesh = local_mesh()
     batch = round_up(min(args.viz_batch, round_up(n_channels, mesh.size)), mesh.size)
     put = functools.partial(jax.device_put, device=batch_sharding(mesh))
-    fn = functools.partial(channel_visualization, model, layer=layer, steps=args.viz_steps,
-                           lr=args.viz_lr)  # fmt: skip
+    ascent = Ascent(steps=args.viz_steps, lr=args.viz_lr)  # classviz's other settings
+    fn = functools.partial(channel_visualization, model, layer=layer, ascent=ascent)
     step = jax.jit(lambda p, c, k, s: fn(p, channels=c, key=k, start=s))
     params = jax.device_put(params, replicated(mesh))
     key = jax.random.key(args.viz_seed)

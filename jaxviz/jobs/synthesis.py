@@ -113,13 +113,15 @@ def make_step(args: SynthesisConfig, model: Model):
     """The jitted synthesis of one batch: (params, inputs) -> dict of [B, ...] arrays."""
     key = jax.random.key(args.synth_seed)
     cmd = args.command
+    if cmd == "classviz":
+        ascent = syn.Ascent(
+            steps=args.steps, lr=args.lr, l2=args.l2, jitter=args.jitter,
+            blur_every=args.blur_every, blur_sigma=args.blur_sigma, blur_until=args.blur_until,
+            clip_norm_pct=args.clip_norm_pct,
+        )  # fmt: skip
 
     def classviz(params: Params, classes: jax.Array) -> dict:
-        x = syn.class_visualization(
-            model, params, classes, key, args.steps, args.lr, args.l2, args.jitter,
-            args.blur_every, args.blur_sigma, objective=args.objective,
-            clip_norm_pct=args.clip_norm_pct, blur_until=args.blur_until,
-        )  # fmt: skip
+        x = syn.class_visualization(model, params, classes, key, ascent, args.objective)
         probs = jax.nn.softmax(forward_fn(model)(params, x).astype(jnp.float32), axis=-1)
         return {"x": x, "prob": jnp.take_along_axis(probs, classes[:, None], axis=1)[:, 0]}
 

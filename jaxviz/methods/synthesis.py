@@ -26,6 +26,8 @@ drawn from the key), so a batch gives the same images as one call per image with
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -54,20 +56,33 @@ def _jittered_grad(fn, x: jax.Array, key: jax.Array, jitter: int) -> jax.Array:
     return jnp.roll(g, (-dy, -dx), axis=(1, 2))
 
 
+@dataclasses.dataclass(frozen=True)
+class Ascent:
+    """Settings of regularized gradient ascent in input space (`ascend`): one set for class
+    visualization (`jaxviz classviz`) and the atlas's feature visualizations. Hashable, so a
+    jitted function can take it as a static argument."""
+
+    steps: int = 200  # gradient steps
+    lr: float = 0.1  # step size in normalized-input units (cosine-decayed to 0)
+    l2: float = 1e-3  # L2 decay of the image per step
+    jitter: int = 4  # max random roll in px before each step
+    blur_every: int = 4  # a Gaussian blur every N steps ...
+    blur_sigma: float = 0.5  # ... of this std in px ...
+    blur_until: float = 0.75  # ... during this first fraction of the steps (the rest sharpen)
+    clip_norm_pct: float = 0.0  # Yosinski's small-norm clipping quantile (0 = off)
+    init_std: float = 0.1  # std of the starting noise (`start_image`)
+
+
+DEFAULT_ASCENT = Ascent()
+
+
 def ascend(
     score,
     x0: jax.Array,
     key: jax.Array,
     lo: jax.Array,
     hi: jax.Array,
-    steps: int = 200,
-    lr: float = 0.1,
-    l2: float = 1e-3,
-    jitter: int = 4,
-    blur_every: int = 4,
-    blur_sigma: float = 0.5,
-    clip_norm_pct: float = 0.0,
-    blur_until: float = 0.75,
+    ascent: Ascent = DEFAULT_ASCENT,
 ) -> jax.Array:
     """Regularized gradient ascent of `score` ([B, H, W, 3] -> [B] or [B, 1]) from x0 [B, H, W, 3].
 
@@ -79,20 +94,22 @@ def ascend(
     off) are reset to the mean colour (0). Image i's score must depend on image i only: then a
     batch gives the same images as one call per image (jitter shifts are shared by the batch).
     """
-    size = 2 * max(1, round(2 * blur_sigma)) + 1
+    a = ascent
+    size = 2 * max(1, round(2 * a.blur_sigma)) + 1
 
     def body(i: int, x: jax.Array) -> jax.Array:
-        g = _jittered_grad(score, x, jax.random.fold_in(key, i), jitter)
-        rate = lr * 0.5 * (1.0 + jnp.cos(jnp.pi * i / steps))
-        x = (x + rate * _per_image_normalize(g)) * (1.0 - l2)
-        blurred = ((i + 1) % blur_every == 0) & (i < blur_until * steps)
-        x = jnp.where(blurred, blur(x, blur_sigma, size), x)
-        if clip_norm_pct > 0:
+        g = _jittered_grad(score, x, jax.random.fold_in(key, i), a.jitter)
+        rate = a.lr * 0.5 * (1.0 + jnp.cos(jnp.pi * i / a.steps))
+        x = (x + rate * _per_image_normalize(g)) * (1.0 - a.l2)
+        blurred = ((i + 1) % a.blur_every == 0) & (i < a.blur_until * a.steps)
+        x = jax.lax.cond(blurred, lambda v: blur(v, a.blur_sigma, size), lambda v: v, x)
+        if a.clip_norm_pct > 0:
             norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-            x = jnp.where(norm < jnp.quantile(norm, clip_norm_pct, (1, 2, 3), keepdims=True), 0, x)
+            cut = jnp.quantile(norm, a.clip_norm_pct, (1, 2, 3), keepdims=True)
+            x = jnp.where(norm < cut, 0, x)
         return jnp.clip(x, lo, hi)
 
-    return jax.lax.fori_loop(0, steps, body, x0)
+    return jax.lax.fori_loop(0, a.steps, body, x0)
 
 
 def start_image(model: Model, n: int, key: jax.Array, init_std: float = 0.1) -> jax.Array:
@@ -109,25 +126,17 @@ def class_visualization(
     params: Params,
     classes: jax.Array,
     key: jax.Array,
-    steps: int = 200,
-    lr: float = 0.1,
-    l2: float = 1e-3,
-    jitter: int = 4,
-    blur_every: int = 4,
-    blur_sigma: float = 0.5,
-    init_std: float = 0.1,
+    ascent: Ascent = DEFAULT_ASCENT,
     objective: str = "logprob",
-    clip_norm_pct: float = 0.0,
-    blur_until: float = 0.75,
 ) -> jax.Array:
     """Class-model images: [B] int32 classes -> [B, H, W, 3] float32 normalized images.
 
     `ascend` on the class score, objective: "logprob" (log-softmax of the class) or "logit" (its
-    pre-softmax score), from `start_image` (N(0, init_std) in normalized units).
+    pre-softmax score), from `start_image` (N(0, ascent.init_std) in normalized units).
     """
     lo, hi = valid_range(model.preprocess)
     init_key, key = jax.random.split(key)
-    x0 = start_image(model, classes.shape[0], init_key, init_std)
+    x0 = start_image(model, classes.shape[0], init_key, ascent.init_std)
     score = forward_fn(model)
 
     def logit(z: jax.Array) -> jax.Array:
@@ -136,10 +145,7 @@ def class_visualization(
             out = jax.nn.log_softmax(out, axis=-1)
         return jnp.take_along_axis(out, classes[:, None], axis=1)
 
-    return ascend(
-        logit, x0, key, lo, hi, steps, lr, l2, jitter, blur_every, blur_sigma, clip_norm_pct,
-        blur_until,
-    )  # fmt: skip
+    return ascend(logit, x0, key, lo, hi, ascent)
 
 
 def total_variation(x: jax.Array, beta: float = 2.0) -> jax.Array:
