@@ -10,7 +10,7 @@ The committed checkpoint came from four runs (about 1.5 h on 2 heavily shared CP
     .venv/bin/python scripts/train_demo.py --resume /tmp/stage3a.npz --first-seed 3000 \
         --epochs 8 --per-epoch 9600 --lr 1e-3 --adv-eps 1.5 --out /tmp/stage3b.npz
     .venv/bin/python scripts/train_demo.py --resume /tmp/stage3b.npz --first-seed 4000 \
-        --epochs 6 --per-epoch 9600 --lr 5e-4 --adv-eps 1.5 --keep-clean
+        --epochs 6 --per-epoch 9600 --lr 5e-4 --adv-eps 1.5 --keep-clean --held-out
 
 (The first run used the shapes generator of commit ef89198: objects 0.3-0.62 of the image and
 hexagons at any angle, which confused small hexagons with circles at 89% held-out accuracy; the
@@ -27,7 +27,23 @@ Every epoch draws fresh images (ShapesSet seeds 1000, 1001, ...; validation seed
 seed 123 is scored once, at the end), generated in a background thread while the jitted train
 step runs. Adam with decoupled weight decay on the kernels, strong on conv1 in the second run: it
 removes the random-init noise from the 7x7 filters so their grid reads as edge and colour
-detectors. One-cycle cosine learning rate. Prints progress, validation and held-out accuracy.
+detectors. One-cycle cosine learning rate. Prints progress and validation accuracy; with
+--held-out, the held-out accuracy at the end.
+
+Fine-tunes of the committed checkpoint tried for issue 20 (not committed: they reach 95% but
+classviz still draws no cross, star or crescent, as with the committed weights; about 10-25 min
+each on 2 heavily shared cores; its errors are all circle <-> hexagon, which a radius of 1.5 can
+nearly turn into one another for small, low-contrast shapes):
+
+    .venv/bin/python scripts/train_demo.py --resume jaxviz/assets/demo.npz --first-seed 6000 \
+        --epochs 4 --per-epoch 6400 --lr 3e-4 --adv-eps 1.0 --keep-clean --out /tmp/B.npz
+
+validation 95.7% (seed 999), 96.2% / 95.7% (seeds 998 / 997), held-out 95.6% on
+shapes:2000:123 (the committed weights: 93.85%). Resuming that with --adv-eps 1.25 (3 epochs,
+--lr 2e-4): validation 95.2%. --trades 3 --adv-eps 1.0 (4 epochs, --lr 3e-4, from the committed
+weights): 94.5%; --trades 2 --adv-eps 1.5: 94.0% after 2 epochs; --adv-eps 2.5 --keep-clean:
+92.75% after 2 epochs, with bolder squares, triangles and diamonds but still no cross, star or
+crescent.
 """
 
 from __future__ import annotations
@@ -108,8 +124,22 @@ def main() -> None:
         action="store_true",
         help="adversarial training on each batch and its attacked copy (clean accuracy)",
     )
+    p.add_argument(
+        "--trades",
+        type=float,
+        default=0.0,
+        help="TRADES loss instead (Zhang et al. 2019): clean CE + this beta"
+        " * KL(clean || attacked), the attack ascending the KL within --adv-eps (0: off)",
+    )
     p.add_argument("--first-seed", type=int, default=TRAIN_SEED, help="seed of the first epoch")
+    p.add_argument(
+        "--held-out",
+        action="store_true",
+        help=f"score the held-out seed {HELD_OUT_SEED} at the end (only for the final checkpoint)",
+    )
     args = p.parse_args()
+    if args.trades > 0 and args.adv_eps <= 0:
+        p.error("--trades needs --adv-eps > 0")
 
     model = entry("demo").build()
     params = init_params(model, jax.random.key(0))
@@ -126,32 +156,66 @@ def main() -> None:
     opt_state = opt.init(params)
     norm = model.preprocess.normalize
 
+    def logits_fn(params, images):
+        """images: [B, 64, 64, 3] float32 in [0, 255] -> [B, 10] logits."""
+        with ops.activation_override(max_pool=_pool2x2):
+            return forward(model, params, norm(images))[0]
+
     def loss_fn(params, images, labels):
         """images: [B, 64, 64, 3] float32 in [0, 255]."""
-        with ops.activation_override(max_pool=_pool2x2):
-            logits, _ = forward(model, params, norm(images))
+        logits = logits_fn(params, images)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         return loss, (jnp.argmax(logits, -1) == labels).mean()
 
-    def attack(params, images, labels):
+    def kl(p_logits, q_logits):
+        """[B] KL(softmax p || softmax q)."""
+        logp, logq = jax.nn.log_softmax(p_logits), jax.nn.log_softmax(q_logits)
+        return (jnp.exp(logp) * (logp - logq)).sum(-1)
+
+    def trades_loss(params, images, labels, attacked):
+        """Zhang et al. 2019 (TRADES): CE(clean) + beta * KL(clean || attacked), batch means."""
+        logits = logits_fn(params, jnp.concatenate([images, attacked]))
+        clean, adv = jnp.split(logits, 2)
+        ce = optax.softmax_cross_entropy_with_integer_labels(clean, labels).mean()
+        loss = ce + args.trades * kl(clean, adv).mean()
+        return loss, (jnp.argmax(clean, -1) == labels).mean()
+
+    def attack(params, images, labels, key):
         """L2 PGD (Madry et al. 2018) within args.adv_eps (in [0, 1] pixel units) of the images:
         args.adv_steps ascent steps of 2.5 eps / steps along the normalized gradient, each
-        projected back onto the ball and the valid pixels. Returns [B, 64, 64, 3] in [0, 255]."""
+        projected back onto the ball and the valid pixels. It ascends the cross-entropy, or with
+        --trades the KL from the clean prediction, starting from a small random offset as in
+        TRADES (the KL's gradient is zero at the clean image). Returns [B, 64, 64, 3] in
+        [0, 255]."""
         x = images.astype(jnp.float32) / 255.0
         eps, rate = args.adv_eps, 2.5 * args.adv_eps / args.adv_steps
         radius = lambda d: jnp.sqrt((d**2).sum(axis=(1, 2, 3), keepdims=True)) + 1e-12  # noqa: E731
-        delta = jnp.zeros_like(x)
+        if args.trades > 0:
+            clean = jax.lax.stop_gradient(logits_fn(params, images.astype(jnp.float32)))
+            objective = lambda d: kl(clean, logits_fn(params, (x + d) * 255.0)).sum()  # noqa: E731
+            delta = 1e-3 * jax.random.normal(key, x.shape)
+        else:
+            objective = lambda d: loss_fn(params, (x + d) * 255.0, labels)[0]  # noqa: E731
+            delta = jnp.zeros_like(x)
         for _ in range(args.adv_steps):
-            g = jax.grad(lambda d: loss_fn(params, (x + d) * 255.0, labels)[0])(delta)
+            g = jax.grad(objective)(delta)
             delta = delta + rate * g / radius(g)
             delta = delta * jnp.minimum(1.0, eps / radius(delta))
             delta = jnp.clip(x + delta, 0.0, 1.0) - x
         return jax.lax.stop_gradient((x + delta) * 255.0)
 
     @jax.jit
-    def train_step(params, opt_state, images, labels):
+    def train_step(params, opt_state, images, labels, key):
+        if args.trades > 0:
+            images = images.astype(jnp.float32)
+            attacked = attack(params, images, labels, key)
+            (loss, acc), grads = jax.value_and_grad(trades_loss, has_aux=True)(
+                params, images, labels, attacked
+            )
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss, acc
         if args.adv_eps > 0:
-            attacked = attack(params, images, labels)
+            attacked = attack(params, images, labels, key)
             if args.keep_clean:
                 attacked = jnp.concatenate([images.astype(jnp.float32), attacked])
                 labels = jnp.concatenate([labels, labels])
@@ -182,7 +246,8 @@ def main() -> None:
     print(f"{steps} steps of {args.batch_size}; {args.epochs} epochs", flush=True)
     t0, step, run_loss, run_acc = time.time(), 0, [], []
     while (item := q.get()) is not None:
-        params, opt_state, loss, acc = train_step(params, opt_state, *item)
+        key = jax.random.fold_in(jax.random.key(args.first_seed), step)
+        params, opt_state, loss, acc = train_step(params, opt_state, *item, key)
         run_loss.append(loss)
         run_acc.append(acc)
         step += 1
@@ -198,11 +263,13 @@ def main() -> None:
             acc = accuracy(params, VALIDATION_SEED)
             print(f"epoch {step // per_epoch_steps}: validation top-1 {acc:.4f}", flush=True)
             save_npz(args.out, jax.device_get(params))
-    acc = accuracy(params, HELD_OUT_SEED)
     save_npz(args.out, jax.device_get(params))
+    held_out = ""
+    if args.held_out:
+        acc = accuracy(params, HELD_OUT_SEED)
+        held_out = f" held-out top-1 {acc:.4f} on shapes:{args.eval}:{HELD_OUT_SEED};"
     print(
-        f"done in {time.time() - t0:.0f}s: held-out top-1 {acc:.4f} on "
-        f"shapes:{args.eval}:{HELD_OUT_SEED}; "
+        f"done in {time.time() - t0:.0f}s:{held_out} "
         f"saved {args.out} ({Path(args.out).stat().st_size / 1e6:.2f} MB)",
         flush=True,
     )
