@@ -276,7 +276,7 @@ def test_zoo_chain_equals_from_flax(models, x):
         lambda m, p: jaxviz.integrated_gradients(m, p, x, steps=2, chunk=2).attributions,
         lambda m, p: jaxviz.smoothgrad(m, p, x, samples=2, chunk=2),
         lambda m, p: jaxviz.top_patches(m, p, x, layer="skip", k=3).boxes,
-        lambda m, p: syn.class_visualization(m, p, t, key, steps=1),
+        lambda m, p: syn.class_visualization(m, p, t, key, syn.Ascent(steps=1)),
         lambda m, p: syn.invert(m, p, x, "shrink", key, steps=1),
         lambda m, p: syn.dream(m, p, x, "skip", key, steps=1, octaves=1),
     ):
