@@ -41,3 +41,22 @@ def test_blocks_go_to_one_process_each():
         assert set(share // rows) == set(range(k, 6, 3))
     assert chunk_rows([(64, 64, 1), (7, 7, 1)], 4) == 1024  # 16 KiB rows: 16 MiB chunks
     assert chunk_rows([(8,)], 4) == 4096 and chunk_rows([(4096, 4096, 3)], 4) == 1
+
+
+def test_per_image_jobs_pass_the_data_options_to_the_pipeline(tmp_path, monkeypatch):
+    """--workers and --exact-decode reach the input pipeline of a per-image job (they were
+    dropped once: ItemOutput streamed with the defaults)."""
+    from jaxviz.cli import main
+    from jaxviz.jobs import items
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append({k: kwargs.get(k) for k in ("workers", "exact_decode")})
+        return real(*args, **kwargs)
+
+    real = items.stream
+    monkeypatch.setattr(items, "stream", spy)
+    argv = ["saliency", "--model", "demo", "--random-init", "--data", "shapes:2", "--png", "0"]
+    assert main([*argv, "--workers", "0", "--exact-decode", "--out", str(tmp_path / "a")]) == 0
+    assert seen == [{"workers": 0, "exact_decode": True}]

@@ -61,6 +61,9 @@ class ItemOutput:
     ):
         self.writer = w = BlockWriter(out, source, n, stores, columns, args)
         self.out, self.source, self.n, self.every = out, source, n, args.checkpoint_every
+        # the input pipeline's options (DataOptions), as the scan jobs pass them
+        self.workers = getattr(args, "workers", None)
+        self.exact_decode = getattr(args, "exact_decode", False)
         self.me, self.count = jax.process_index(), jax.process_count()
         sig = signature(out.config, items=n, rows=w.rows, stores=w.shapes, process_count=self.count)
         self.record = ProgressRecord(out.out, sig, self.me)
@@ -92,6 +95,8 @@ class ItemOutput:
             batch_size,
             indices=self.indices[self.position :].tolist(),
             on_skip=lambda i, item, reason: self._skips.append((int(i), str(item), reason)),
+            workers=self.workers,
+            exact_decode=self.exact_decode,
         )
 
     @property
