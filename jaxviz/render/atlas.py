@@ -26,7 +26,7 @@ img{image-rendering:pixelated;border:1px solid #ccc}
 table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:2px 8px;font-size:90%}
 .cards{display:flex;flex-wrap:wrap;gap:6px}
 .card{border:1px solid #ccc;padding:3px;font-size:75%;width:136px;text-align:center}
-.card img{width:64px;height:64px}.dead{background:#fdd}
+.card img{width:64px;height:64px}.dead{background:#fdd}.dead img{opacity:.35}
 .bar{background:#69c;height:.9em;display:inline-block}
 nav a{margin-right:1em}figure{display:inline-block;margin:.4em;vertical-align:top}
 </style>"""
@@ -125,6 +125,12 @@ def overview_page(site: dict) -> str:
     return _page(f"atlas: {site['model']}", body)
 
 
+DEAD_NOTE = (
+    "<p class=dead>This channel is never &gt; 0 on the data: its top units are ties at 0 in "
+    "scan order, not what it detects.</p>"
+)
+
+
 def layer_pages(model: str, layer: dict, channels: list[dict]) -> dict[str, str]:
     """{relative path: page}: LAYER/index.html and LAYER/cNNNN.html per channel.
 
@@ -195,6 +201,7 @@ def _channel_page(model: str, layer: str, c: dict, prev: int | None, nxt: int | 
         f"<h1>{E(model)} {E(layer)} channel {c['channel']}</h1>",
         f"<figure><img src='{stem}_viz.png' alt='feature visualization' width=192>"
         "<figcaption>feature visualization</figcaption></figure>",
+        *([DEAD_NOTE] if c["dead"] else []),
         f"<figure><img src='{stem}_patches.png' alt='top patches'>"
         "<figcaption>top patches (receptive fields), strongest first</figcaption></figure>",
         f"<figure><img src='{stem}_images.png' alt='top images'>"
