@@ -58,6 +58,8 @@ PNG_COUNT = Check("a count or 'all'", lambda v: v == "all" or v.isdigit())
 class StoreOptions(JobConfig):
     """Options of every job writing per-item stores: the PNG sample and the stores' layout."""
 
+    GROUP = "outputs"
+
     png: str = option(
         "32", "draw pictures of the items below N, or 'all'", check=PNG_COUNT, metavar="N"
     )

@@ -29,6 +29,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 class DistributedOptions(JobConfig):
     """How a command joins a multi-process run (runtime/distributed.py `initialize_from`)."""
 
+    GROUP = "multi-process run"
+
     coordinator: str | None = option(
         None,
         "join a multi-process run (process 0's address); under SLURM with several tasks this "
@@ -41,6 +43,8 @@ class DistributedOptions(JobConfig):
 
 @dataclass(kw_only=True)
 class ModelOptions(DistributedOptions):
+    GROUP = "model"
+
     model: str = option(
         "demo",
         f"zoo name ({', '.join(names())}), NAME=PATH to a checkpoint file, or MODULE:ATTR of "
@@ -53,6 +57,8 @@ class ModelOptions(DistributedOptions):
 
 @dataclass(kw_only=True)
 class DataOptions(JobConfig):
+    GROUP = "data"
+
     data: str = option(
         help="a directory (recursive; class subfolders are labels), a labels file (.tsv/.csv: "
         "path, label), WebDataset tar shards ('train-{000000..000127}.tar'), .parquet (Hugging "
@@ -77,6 +83,8 @@ class DataOptions(JobConfig):
 
 @dataclass(kw_only=True)
 class OutOptions(JobConfig):
+    GROUP = "outputs"
+
     out: str | None = option(None, "output folder", check=NOT_A_FILE)
 
 

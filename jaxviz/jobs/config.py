@@ -28,7 +28,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from jaxviz.errors import UsageError
 
@@ -96,6 +96,8 @@ class JobConfig:
     (the registry knows it), never an option."""
 
     command: str = field(default="", metadata={"internal": True})
+    # the --help section of the options a class declares itself (None: the job's own options)
+    GROUP: ClassVar[str | None] = None
 
 
 def options(cls: type) -> list[dataclasses.Field]:
@@ -147,7 +149,12 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, defaults: dict | N
     """Add one argument per option of config class `cls`; `defaults` overrides field defaults
     (e.g. `out/JOB`)."""
     hints = _types(cls)
-    for f in options(cls):
+    groups: dict[str | None, Any] = {None: parser}
+    for f in sorted(options(cls), key=lambda f: HELP_GROUPS.index(_group(cls, f.name))):
+        title = _group(cls, f.name)
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        into = groups[title]
         base, _ = _base(hints[f.name])
         default = (defaults or {}).get(f.name, _default(f))
         meta = f.metadata
@@ -173,9 +180,21 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, defaults: dict | N
             kw.pop("required", None)  # a positional without a default is required as it is
             if default is not MISSING:
                 kw.setdefault("nargs", "?")
-            parser.add_argument(f.name, **kw)
+            into.add_argument(f.name, **kw)
         else:
-            parser.add_argument(flag(f.name), dest=f.name, **kw)
+            into.add_argument(flag(f.name), dest=f.name, **kw)
+
+
+HELP_GROUPS = (None, "model", "data", "outputs", "multi-process run")  # --help's order
+
+
+def _group(cls: type, name: str) -> str | None:
+    """The help group of field `name`: that of the class first declaring it (a subclass may
+    redefault it, see `redefault`)."""
+    for k in reversed(cls.__mro__):
+        if name in vars(k).get("__annotations__", {}):
+            return vars(k).get("GROUP")
+    return None
 
 
 def from_namespace(cls: type, ns: argparse.Namespace, command: str) -> Any:

@@ -30,6 +30,8 @@ PROGRESS = ".progress"
 class CheckpointOptions(JobConfig):
     """When a per-item job saves its progress."""
 
+    GROUP = "outputs"
+
     checkpoint_every: int = option(
         10,
         "save progress every N batches (and on Ctrl-C/SIGTERM); rerunning the same command with "
