@@ -57,8 +57,14 @@ def test_activations_on_a_folder_with_bad_files(tmp_path):
     assert sorted(s["id"].rsplit("/", 1)[1] for s in m["skipped"]) == ["empty.jpg", "text.png"]
     assert m["counts"]["images"] == 4
     r = results.open(out)
-    assert r.table.num_rows == 4 and r.arrays["activations"].shape[1:] == (16, 16, 64)
-    assert np.abs(r.read("activations", r.table["index"].to_numpy())).sum(axis=(1, 2, 3)).all()
+    assert r.arrays["activations"].shape == (6, 16, 16, 64)
+    rows = r.table.sort_by("index").to_pylist()  # every item has its row, skipped ones too
+    assert [row["index"] for row in rows] == list(range(6))
+    bad = [row["index"] for row in rows if row["skipped"]]
+    assert sorted(rows[i]["id"].rsplit("/", 1)[1] for i in bad) == ["empty.jpg", "text.png"]
+    assert not np.asarray(r.read("activations", bad)).any()  # their store rows stay 0
+    good = [row["index"] for row in rows if not row["skipped"]]
+    assert np.abs(r.read("activations", good)).sum(axis=(1, 2, 3)).all()
 
 
 @pytest.mark.parametrize(

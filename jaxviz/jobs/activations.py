@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import functools
+from collections import deque
 from dataclasses import dataclass
 
 import jax
@@ -66,6 +67,7 @@ class ActivationWriter:
         self.writer.open(create=True)
         self.rows = self.writer.rows  # the scan gives each process whole blocks of these
         self._last = -1  # last source index written
+        self._skips: deque[tuple[int, str, str]] = deque()  # told by the scan, not written yet
 
     def reduce(self, taps: dict[str, jax.Array], mask: jax.Array) -> jax.Array:
         return taps[self.layer].astype(np.float32)
@@ -73,14 +75,24 @@ class ActivationWriter:
     def update(self, batch: Batch, result: np.ndarray) -> None:
         for row in np.flatnonzero(batch.mask & (batch.index > self._last)):
             i = int(batch.index[row])
+            self._write_skips(below=i)
             self.writer.add(i, {"activations": result[row]}, {})
             if self.writer.sample(i):
                 draw = functools.partial(channel_grid, result[row].copy(), batch.images[row].copy())
                 self.writer.png(f"{self.layer}_{i:07d}", draw)
             self._last = i
 
+    def skip(self, i: int, item_id: str, reason: str) -> None:
+        """Skipped input i: a table row with the reason (its store row stays 0)."""
+        self._skips.append((i, item_id, reason))
+
+    def _write_skips(self, below: float = float("inf")) -> None:
+        while self._skips and self._skips[0][0] < below:
+            self.writer.add_skip(*self._skips.popleft())
+
     def state(self) -> np.ndarray:
         """[1] int64: the last source index written (everything so far is flushed first)."""
+        self._write_skips()
         self.writer.flush()
         return np.asarray([self._last], np.int64)
 
@@ -96,8 +108,10 @@ class ActivationWriter:
         """Nothing to take in: every process wrote its blocks into the shared stores."""
 
     def finish(self) -> dict:
+        self._write_skips()
         self.writer.flush()
-        return {"images": self.writer.merge().num_rows}
+        table = self.writer.merge(record_skips=False)  # the scan records them in the manifest
+        return {"images": table["skipped"].null_count}
 
     def cleanup(self) -> None:
         self.writer.close()

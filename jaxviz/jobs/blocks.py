@@ -238,9 +238,10 @@ class BlockWriter:
     def close(self, cancel: bool = False) -> None:
         self._pool.shutdown(wait=True, cancel_futures=cancel)
 
-    def merge(self) -> pa.Table:
+    def merge(self, record_skips: bool = True) -> pa.Table:
         """Every process's table parts into items.parquet (process 0, after every process has
-        flushed); record the skipped items and every file in `out`. Returns the table."""
+        flushed); record the skipped items (unless the caller does, as a scan does) and every
+        file in `out`. Returns the table."""
         out = self.out
         blocks = -(-self.n // self.rows)
         parts = [self._part_path(b) for b in range(blocks) if self._part_path(b).is_file()]
@@ -248,10 +249,11 @@ class BlockWriter:
             [pq.read_table(p, schema=self.schema) for p in parts] or [self.schema.empty_table()]
         )
         atomic_write(out.path(TABLE), lambda f: pq.write_table(table, f))
-        skipped = table.filter(pc.is_valid(table["skipped"]))
-        ids, reasons = skipped["id"].to_pylist(), skipped["skipped"].to_pylist()
-        for item, reason in zip(ids, reasons, strict=True):
-            out.skip(item, reason)
+        if record_skips:
+            skipped = table.filter(pc.is_valid(table["skipped"]))
+            ids, reasons = skipped["id"].to_pylist(), skipped["skipped"].to_pylist()
+            for item, reason in zip(ids, reasons, strict=True):
+                out.skip(item, reason)
         for k in self.shapes:
             root = self._store_path(k)
             out.add_files(

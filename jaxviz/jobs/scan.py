@@ -49,6 +49,8 @@ class Consumer(Protocol):
     # optional, for several processes: merge(state) adds another process's state to this one
     # optional: cleanup() removes scratch files once the results are written and the checkpoint
     #   that might still need them is gone (run_scan_jobs calls it on every process)
+    # optional: skip(i, item_id, reason) hears of this process's skipped inputs in source order,
+    #   each before the update of the batch holding the next good item after it (or at the end)
 
     def reduce(self, taps: dict[str, jax.Array], mask: jax.Array) -> Any: ...
 
@@ -171,10 +173,19 @@ def scan(
         skips = [tuple(s) for s in meta["skips"]]
         for c in consumers:
             c.load_state(restored["consumers"].get(c.name))
+    told = [c for c in consumers if hasattr(c, "skip")]
+    heard = len(skips)  # skips[:heard] are with the consumers (restored ones: in their state)
 
     def skip(i: int, item_id: str, reason: str) -> None:
         skips.append((i, item_id, reason))
         bar.update(1)
+
+    def tell_skips(below: float) -> None:
+        nonlocal heard
+        while heard < len(skips) and skips[heard][0] < below:
+            for c in told:
+                c.skip(*skips[heard])
+            heard += 1
 
     def save() -> None:
         nxt = done["next_index"]
@@ -189,6 +200,7 @@ def scan(
     def finish_batch(batch: Batch, result: dict) -> None:
         result = jax.tree.map(np.asarray, result)
         with deferred_interrupts():  # consumers and counters move together, or not at all
+            tell_skips(int(batch.index[batch.mask].max()) + 1)
             for c in consumers:
                 c.update(batch, result[c.name])
             done["batches"] += 1
@@ -220,6 +232,7 @@ def scan(
             if pending is not None:
                 finish_batch(*pending)
                 pending = None
+            tell_skips(float("inf"))
         except KeyboardInterrupt:
             if checkpoint:
                 save()
