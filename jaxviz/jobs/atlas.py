@@ -54,7 +54,7 @@ from jaxviz.jobs.scan import ScanJob
 from jaxviz.methods.channel_stats import ChannelStats
 from jaxviz.methods.feature_viz import channel_visualization
 from jaxviz.methods.patches import PatchMiner
-from jaxviz.methods.synthesis import Ascent
+from jaxviz.methods.synthesis import DEFAULT_ASCENT, Ascent
 from jaxviz.models.stage import Model, Params, receptive_fields, stage_shapes
 from jaxviz.render.atlas import boxed, layer_pages, overview_page
 from jaxviz.render.grid import tile_grid, upscale
@@ -76,9 +76,11 @@ class AtlasConfig(ModelOptions, DataOptions, OutOptions):
     )
     per_image_max: bool = option(True, "at most one patch per image and channel")
     viz_steps: int = option(
-        200, "gradient-ascent steps of the feature visualizations, 0 for none", check=NON_NEGATIVE
+        DEFAULT_ASCENT.steps,
+        "gradient-ascent steps of the feature visualizations, 0 for none",
+        check=NON_NEGATIVE,
     )
-    viz_lr: float = option(0.1, "their step size", check=POSITIVE)
+    viz_lr: float = option(DEFAULT_ASCENT.lr, "their step size", check=POSITIVE)
     viz_batch: int = option(64, "channels optimized together in one compiled loop", check=POSITIVE)
     viz_start: str = option(
         "top",

@@ -199,13 +199,14 @@ def scan(
 
     def finish_batch(batch: Batch, result: dict) -> None:
         result = jax.tree.map(np.asarray, result)
+        nxt = int(batch.index[batch.mask].max()) + 1
         with deferred_interrupts():  # consumers and counters move together, or not at all
-            tell_skips(int(batch.index[batch.mask].max()) + 1)
+            tell_skips(nxt)
             for c in consumers:
                 c.update(batch, result[c.name])
             done["batches"] += 1
             done["images"] += batch.count
-            done["next_index"] = int(batch.index[batch.mask].max()) + 1
+            done["next_index"] = nxt
         bar.update(batch.count)
         if checkpoint and done["batches"] % checkpoint.every == 0:
             save()

@@ -14,6 +14,7 @@ runs a whole batch (classes for classviz, images for invert and dream), sharded 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass
@@ -42,13 +43,15 @@ from jaxviz.render.grid import caption, tile_grid, upscale
 from jaxviz.runtime.devices import batch_sharding, local_mesh, replicated, round_up
 from jaxviz.runtime.progress import Progress
 
+ASCENT = syn.DEFAULT_ASCENT  # classviz's defaults are those of the ascent
+
 
 @dataclass(kw_only=True)
 class SynthesisConfig(ModelOptions, OutOptions):
     """Options of every synthesis job; each job's own defaults of steps and lr."""
 
-    steps: int = option(200, "steps", check=POSITIVE)
-    lr: float = option(0.1, "step size", check=POSITIVE)
+    steps: int = option(ASCENT.steps, "steps", check=POSITIVE)
+    lr: float = option(ASCENT.lr, "step size", check=POSITIVE)
     synth_seed: int = option(0, "noise/jitter seed")
 
 
@@ -56,16 +59,16 @@ class SynthesisConfig(ModelOptions, OutOptions):
 class ClassvizConfig(SynthesisConfig):
     classes: str = option("all", "comma-separated class ids or names, or 'all'")
     batch_size: int = option(32, "classes per batch", check=POSITIVE)
-    l2: float = option(1e-3, "L2 decay per step", check=NON_NEGATIVE)
-    blur_every: int = option(4, "blur every N steps", check=POSITIVE)
-    blur_sigma: float = option(0.5, "blur std in pixels", check=NON_NEGATIVE)
+    l2: float = option(ASCENT.l2, "L2 decay per step", check=NON_NEGATIVE)
+    blur_every: int = option(ASCENT.blur_every, "blur every N steps", check=POSITIVE)
+    blur_sigma: float = option(ASCENT.blur_sigma, "blur std in pixels", check=NON_NEGATIVE)
     blur_until: float = option(
-        0.75,
+        ASCENT.blur_until,
         "blur only during this first fraction of the steps; the rest sharpen",
         check=Check("in [0, 1]", lambda v: 0 <= v <= 1),
     )
     clip_norm_pct: float = option(
-        0.0,
+        ASCENT.clip_norm_pct,
         "after each step reset pixels whose norm is below this per-image quantile to the mean "
         "colour (Yosinski 2015; e.g. 0.5; 0: off)",
         check=Check("in [0, 1)", lambda v: 0 <= v < 1),
@@ -76,7 +79,7 @@ class ClassvizConfig(SynthesisConfig):
         "the demo model the logit also raises similar classes: ring -> circle)",
         choices=("logprob", "logit"),
     )
-    jitter: int = option(4, "max random roll in px", check=NON_NEGATIVE)
+    jitter: int = option(ASCENT.jitter, "max random roll in px", check=NON_NEGATIVE)
 
 
 @dataclass(kw_only=True)
@@ -113,12 +116,9 @@ def make_step(args: SynthesisConfig, model: Model):
     """The jitted synthesis of one batch: (params, inputs) -> dict of [B, ...] arrays."""
     key = jax.random.key(args.synth_seed)
     cmd = args.command
-    if cmd == "classviz":
-        ascent = syn.Ascent(
-            steps=args.steps, lr=args.lr, l2=args.l2, jitter=args.jitter,
-            blur_every=args.blur_every, blur_sigma=args.blur_sigma, blur_until=args.blur_until,
-            clip_norm_pct=args.clip_norm_pct,
-        )  # fmt: skip
+    if cmd == "classviz":  # its options of the same names as Ascent's fields
+        names = [f.name for f in dataclasses.fields(syn.Ascent) if hasattr(args, f.name)]
+        ascent = syn.Ascent(**{k: getattr(args, k) for k in names})
 
     def classviz(params: Params, classes: jax.Array) -> dict:
         x = syn.class_visualization(model, params, classes, key, ascent, args.objective)
