@@ -121,6 +121,11 @@ def test_kill_9_mid_job_then_resume_equals_clean_run(clean, tmp_path, job, proce
         p.wait()
     assert not (tmp_path / "manifest.json").exists(), "killed too late to test"
     assert progress.is_file(), "killed before the first checkpoint"
+    # what tensorstore leaves when killed mid-write of a chunk (KEY.__lock, renamed over KEY
+    # once written): the resume deletes it
+    store = next(tmp_path.glob("*.zarr"))
+    (store / "c" / "0.__lock").parent.mkdir(exist_ok=True)
+    (store / "c" / "0.__lock").write_bytes(b"half a chunk")
     _run(job, tmp_path, processes)
     a, b = _outputs(clean / job), _outputs(tmp_path)
     assert [k for k in a.keys() | b.keys() if a.get(k) != b.get(k)] == []

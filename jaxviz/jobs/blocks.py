@@ -164,6 +164,13 @@ class BlockWriter:
             shutil.rmtree(self.out.path(rel), ignore_errors=True)
         self.out.path(TABLE).unlink(missing_ok=True)
 
+    def clear_stale_locks(self) -> None:
+        """Delete the `KEY.__lock` files tensorstore's file store leaves beside a chunk when a
+        process is killed while writing it (process 0, on resume, while no process writes)."""
+        for k in self.shapes:
+            for lock in self._store_path(k).rglob("*.__lock"):
+                lock.unlink(missing_ok=True)
+
     def open(self, create: bool = False) -> None:
         """Open the stores; create: those missing too (any process; see `open_store`)."""
         self.stores = {

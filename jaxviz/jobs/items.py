@@ -72,6 +72,8 @@ class ItemOutput:
         if self.me == 0 and not resume:
             w.create()
             self.record.start()
+        elif self.me == 0:
+            w.clear_stale_locks()
         barrier("items-ready")
         w.open()
         self.indices = process_items(n, w.rows, self.me, self.count)
