@@ -2,11 +2,12 @@
 
 The jobs are listed in jaxviz/jobs/registry.py; each one's parser is built from its config
 (jaxviz/jobs/config.py) and only the chosen job's module is imported. Exit codes: 0 done, 2 bad
-usage or config (one line, no traceback), 1 other.
+usage or config (one line, no traceback), 1 a full disk (one line) or any other failure.
 """
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 
@@ -35,6 +36,14 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _disk_full(e: BaseException) -> bool:
+    """An OSError ENOSPC/EDQUOT, or a store library's error carrying its text (tensorstore
+    raises ValueError with the OS message)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(e, ValueError | RuntimeError) and "No space left on device" in str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -54,6 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"jaxviz {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (OSError, ValueError, RuntimeError) as e:
+        if not _disk_full(e):
+            raise
+        where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
+        print(
+            f"jaxviz {args.command}: error: no space left on the device{where}; free some and "
+            "rerun the same command (item jobs resume from their last checkpoint)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

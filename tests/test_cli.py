@@ -1,5 +1,6 @@
 """The CLI contract: jobs write manifest/npy/png/index.html; bad usage exits 2 with one line."""
 
+import errno
 import json
 import subprocess
 import sys
@@ -135,6 +136,26 @@ def test_bad_usage_exits_2_with_one_clear_line(argv, needle, tmp_path):
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device", "OUT/file"),
+        ValueError("Error writing local file: [OS error 28: No space left on device]"),
+    ],
+)
+def test_full_disk_exits_1_with_one_line(error, tmp_path, monkeypatch, capsys):
+    """A full disk (an OSError, or a store library's error with the OS text) is one line."""
+
+    def full(path, write):
+        raise error
+
+    monkeypatch.setattr("jaxviz.jobs.output.atomic_write", full)
+    assert main(["filters", "--model", "demo", "--random-init", "--out", str(tmp_path)]) == 1
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no space left on the device" in lines[0], lines
+    assert ("writing OUT/file" in lines[0]) == isinstance(error, OSError)
 
 
 def test_models_lists_receptive_fields(capsys):
