@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from jaxviz.cli import main
+from jaxviz.jobs.atlas import query_rows
 from jaxviz.methods.feature_viz import channel_mean, channel_visualization
 from jaxviz.methods.synthesis import Ascent
 from tests.test_report import CHROMIUM_FLAGS, _chromium
@@ -168,3 +169,26 @@ def test_site_loads_in_headless_chromium_with_no_broken_image(site, tmp_path):
     )  # fmt: skip
     lo, hi = Image.open(shot).convert("L").getextrema()
     assert hi - lo > 100  # not a blank page
+
+
+def test_dead_channel_gets_no_feature_viz(tmp_path):
+    """A channel never > 0 on the data has a zero gradient: the atlas skips its ascent, draws a
+    flat card and says why, and visualizes the live channels."""
+    out = tmp_path / "dead"
+    argv = ["atlas", "--model", "tests.fixtures.byom:make_dead_channel", "--data", "shapes:12:3",
+            "--layers", "entry", "--max-channels", "2", "--top", "2", "--viz-steps", "4",
+            "--tsne-points", "0", "--queries", "0", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    channels = json.loads((out / "entry" / "channels.json").read_text())
+    assert [c["dead"] for c in channels] == [True, False]
+    assert np.load(out / "entry" / "feature_viz.npy").shape[0] == 1  # the live channel only
+    dead, live = (np.asarray(Image.open(out / "entry" / f"c000{c}_viz.png")) for c in (0, 1))
+    assert dead.std() == 0 and live.std() > 0
+    assert "no feature visualization" in (out / "entry" / "c0000.html").read_text()
+
+
+def test_neighbour_queries_cover_the_labels_first():
+    labels = np.array([2, 2, 2, 0, 2, 1, 1, 2])
+    np.testing.assert_array_equal(query_rows(labels, 2), [0, 3])
+    np.testing.assert_array_equal(query_rows(labels, 5), [0, 3, 5, 1, 7])
+    np.testing.assert_array_equal(query_rows(np.full(8, -1), 3), [0, 3, 7])

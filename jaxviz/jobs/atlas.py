@@ -242,9 +242,9 @@ def _feature_viz(
     """[C, H, W, 3] float32 in [0, 1]: the feature visualizations of `channels` [C] (starting
     from `start` [C, H, W, 3] in [0, 255], or noise), computed in batches of --viz-batch
     channels (one compile), or read back when a finished run's settings match."""
-    if args.viz_steps == 0:
+    if args.viz_steps == 0 or len(channels) == 0:
         return None
-    meta = {"model": model_config(args), "layer": layer, "channels": len(channels),
+    meta = {"model": model_config(args), "layer": layer, "channels": channels.tolist(),
             **viz_config(args)}  # fmt: skip
     n_channels = len(channels)
     done = out.path(f"{layer}/feature_viz.json")
@@ -285,7 +285,11 @@ def _layer(args, model, params, source, out: JobOutput, layer: str, top: dict, s
     size = int(min(max(max(rf.size), 48), 128))
     patches, boxes, _ = cut_patches(source, model.preprocess, rf, top, size, out)
     shown, start = _full_images(source, model, top, boxes, args.viz_start == "top")
-    viz = _feature_viz(args, model, params, layer, chans, start, out)
+    dead = st["frac_positive"][chans] <= 0  # never > 0: its gradient is 0, nothing to draw
+    live = np.flatnonzero(~dead)
+    viz = _feature_viz(args, model, params, layer, chans[live],
+                       None if start is None else start[live], out)  # fmt: skip
+    viz_of = {int(j): viz[k] for k, j in enumerate(live)} if viz is not None else {}
     for name in ("values", "image", "y", "x"):
         out.npy(f"{layer}/top_{name}.npy", top[name])
     out.npy(f"{layer}/top_boxes.npy", boxes)
@@ -300,7 +304,7 @@ def _layer(args, model, params, source, out: JobOutput, layer: str, top: dict, s
                                                   f"{layer} ch {ch}"))  # fmt: skip
         out.png(f"{stem}_top.png", patches[j, 0])
         out.png(f"{stem}_images.png", tile_grid(shown[j], ncols=min(args.top, 3), border=2))
-        v = viz[j] if viz is not None else np.full((*model.preprocess.size, 3), 0.5)
+        v = viz_of.get(j, np.full((*model.preprocess.size, 3), 0.5))
         big = upscale(v, max(1, -(-VIZ_PX // max(v.shape[:2]))))
         out.png(f"{stem}_viz.png", (big * 255 + 0.5).astype(np.uint8))
         labels = [source.info(int(i)).label for i in top["image"][j][valid[j]]]
@@ -312,7 +316,7 @@ def _layer(args, model, params, source, out: JobOutput, layer: str, top: dict, s
             {
                 "channel": ch,
                 **{k: float(st[k][ch]) for k in STATS},
-                "dead": bool(st["frac_positive"][ch] <= 0),
+                "dead": bool(dead[j]),
                 "hist": hist,
                 "top": [
                     {
@@ -330,6 +334,20 @@ def _layer(args, model, params, source, out: JobOutput, layer: str, top: dict, s
     out.json(f"{layer}/channels.json", channels)
     out.count("channels", len(chans))
     return {"shape": shape, "rf": rf, "units": st["units"], "channels": channels}
+
+
+def query_rows(labels: np.ndarray, n: int) -> np.ndarray:
+    """n distinct rows of a store to query, labels [N] (-1 unknown): the first row of each label
+    in order of appearance, then evenly spaced rows, so the grids show different classes."""
+    known = np.flatnonzero(labels >= 0)
+    _, first = np.unique(labels[known], return_index=True)
+    picks = [int(r) for r in known[np.sort(first)][:n]]
+    for row in [*np.linspace(0, len(labels) - 1, n).astype(int), *range(len(labels))]:
+        if len(picks) == n:
+            break
+        if row not in picks:
+            picks.append(int(row))
+    return np.asarray(picks, np.int64)
 
 
 def _features_views(args: AtlasConfig, out: JobOutput, stage: str) -> dict:
@@ -350,8 +368,7 @@ def _features_views(args: AtlasConfig, out: JobOutput, stage: str) -> dict:
     else:
         views["tsne_note"] = f"{n} images (t-SNE needs at least 10)"
     if args.queries and len(store) > 1:
-        src = store.index()
-        picks = src[np.linspace(0, len(src) - 1, min(args.queries, len(src))).astype(int)]
+        picks = store.index()[query_rows(store.labels(), min(args.queries, len(store)))]
         k = min(8, len(store) - 1)
         values = {"index": str(out.path("features")), "out": str(out.path("neighbors")),
                   "query": "ids:" + ",".join(map(str, picks)), "k": k}  # fmt: skip

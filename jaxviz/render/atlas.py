@@ -127,7 +127,7 @@ def overview_page(site: dict) -> str:
 
 DEAD_NOTE = (
     "<p class=dead>This channel is never &gt; 0 on the data: its top units are ties at 0 in "
-    "scan order, not what it detects.</p>"
+    "scan order, not what it detects, and it has no feature visualization (its gradient is 0).</p>"
 )
 
 
