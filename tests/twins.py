@@ -45,7 +45,7 @@ class DemoTwin(nn.Module):
                 "pool2": nn.MaxPool2d(2, 2),
                 "conv3": nn.Sequential(nn.Conv2d(64, 128, 3, 1, 1), nn.ReLU()),
                 "conv4": nn.Sequential(nn.Conv2d(128, 128, 3, 1, 1), nn.ReLU()),
-                "pool": nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+                "pool": nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten()),
                 "fc": nn.Sequential(nn.Linear(128, 128), nn.ReLU()),
                 "logits": nn.Linear(128, num_classes),
             }

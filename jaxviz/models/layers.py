@@ -97,6 +97,13 @@ class GlobalAvgPool(nn.Module):
         return ops.global_avg_pool(x)
 
 
+class GlobalMaxPool(nn.Module):
+    """[B, H, W, C] -> [B, C] (Oquab et al. 2015, "Is object localization for free?")."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return ops.global_max_pool(x)
+
+
 class Linear(nn.Module):
     """y = x W^T + b on [..., D] -> [..., features], the kernel W stored [features, D] as in
     PyTorch's nn.Linear (param names `kernel`, `bias`, as linen's nn.Dense).

@@ -64,3 +64,9 @@ def activation_override(**fns: Callable) -> Iterator[None]:
 def global_avg_pool(x: jax.Array) -> jax.Array:
     """[B, H, W, C] -> [B, C] mean over the spatial axes."""
     return jnp.mean(x, axis=(1, 2))
+
+
+def global_max_pool(x: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [B, C] max over the spatial axes (its gradient reaches the argmax only;
+    exact ties share it)."""
+    return jnp.max(x, axis=(1, 2))
