@@ -33,15 +33,25 @@ class ChannelStats:
         "n": int32 ([C] and scalar)}."""
         a = taps[self.layer].astype(jnp.float32)
         a = jnp.reshape(a, (a.shape[0], -1, a.shape[-1]))  # [B, P, C]
-        m = mask[:, None, None]
-        z = jnp.where(m, a, 0.0)
-        return {
-            "sum": jnp.sum(z, axis=(0, 1)),
-            "sumsq": jnp.sum(z * z, axis=(0, 1)),
-            "max": jnp.max(jnp.where(m, a, -jnp.inf), axis=(0, 1)),
-            "positive": jnp.sum(z > 0, axis=(0, 1), dtype=jnp.int32),
-            "n": jnp.sum(mask, dtype=jnp.int32) * a.shape[1],
+        # per image, one variadic reduction over the positions: XLA:CPU ran four separate
+        # reductions over the stage's map (or sums as dots) several times slower
+        per_image = jax.lax.reduce(
+            (a, a * a, (a > 0).astype(jnp.float32), a),
+            (0.0, 0.0, 0.0, -jnp.inf),
+            lambda x, y: (x[0] + y[0], x[1] + y[1], x[2] + y[2], jnp.maximum(x[3], y[3])),
+            (1,),
+        )  # 4 x [B, C]
+        m = mask[:, None]
+        total, squares, positive, peak = per_image
+        out = {
+            "sum": jnp.sum(jnp.where(m, total, 0.0), axis=0),
+            "sumsq": jnp.sum(jnp.where(m, squares, 0.0), axis=0),
+            # a count per image is exact in float32 (below 2^24 positions)
+            "positive": jnp.sum(jnp.where(m, positive.astype(jnp.int32), 0), axis=0),
+            "max": jnp.max(jnp.where(m, peak, -jnp.inf), axis=0),
         }
+        out["n"] = jnp.sum(mask, dtype=jnp.int32) * a.shape[1]
+        return out
 
     def update(self, batch, result: dict[str, np.ndarray]) -> None:
         r = {n: np.asarray(v) for n, v in result.items()}
