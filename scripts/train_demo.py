@@ -105,9 +105,7 @@ def with_mosaic(ds: ShapesSet, i: int, rng: np.random.Generator) -> tuple[np.nda
     rgba = np.asarray(layer, np.float32)
     cover = rgba[..., 3:] / 255.0 * rng.uniform(0.6, 1.0)
     background = lay.background * (1 - cover) + rgba[..., :3] * cover
-    a = lay.alpha[..., None]
-    image = background * (1 - a) + lay.colour * a
-    return np.clip(image + 0.5, 0, 255).astype(np.uint8), lay.label
+    return lay._replace(background=background).image(), lay.label
 
 
 def batches(seeds: list[int], per_epoch: int, batch: int, mosaics: float, out: queue.Queue) -> None:

@@ -48,6 +48,12 @@ class Layers(NamedTuple):
     colour: np.ndarray
     label: int
 
+    def image(self) -> np.ndarray:
+        """The composed image: [S, S, 3] uint8."""
+        a = self.alpha[..., None]
+        image = self.background * (1.0 - a) + self.colour * a
+        return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+
 
 class ShapesSet:
     """`n` images of `size` x `size` pixels, deterministic per (seed, index)."""
@@ -69,9 +75,7 @@ class ShapesSet:
     def sample(self, i: int) -> tuple[np.ndarray, int, Box]:
         """Image i: ([size, size, 3] uint8, label, box (y0, x0, y1, x1) end-exclusive)."""
         lay = self.layers(i)
-        a = lay.alpha[..., None]
-        image = lay.background * (1.0 - a) + lay.colour * a
-        return np.clip(image + 0.5, 0, 255).astype(np.uint8), lay.label, bounding_box(lay.alpha)
+        return lay.image(), lay.label, bounding_box(lay.alpha)
 
     def layers(self, i: int) -> Layers:
         """The background, object alpha and colour image i is composed of."""

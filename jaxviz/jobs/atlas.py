@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -287,9 +288,11 @@ def _layer(args, model, params, source, out: JobOutput, layer: str, top: dict, s
     shown, start = _full_images(source, model, top, boxes, args.viz_start == "top")
     dead = st["frac_positive"][chans] <= 0  # never > 0: its gradient is 0, nothing to draw
     live = np.flatnonzero(~dead)
-    viz = _feature_viz(args, model, params, layer, chans[live],
-                       None if start is None else start[live], out)  # fmt: skip
-    viz_of = {int(j): viz[k] for k, j in enumerate(live)} if viz is not None else {}
+    viz = np.full((len(chans), *model.preprocess.size, 3), 0.5, np.float32)  # flat: none
+    live_viz = _feature_viz(args, model, params, layer, chans[live],
+                            None if start is None else start[live], out)  # fmt: skip
+    if live_viz is not None:
+        viz[live] = live_viz
     for name in ("values", "image", "y", "x"):
         out.npy(f"{layer}/top_{name}.npy", top[name])
     out.npy(f"{layer}/top_boxes.npy", boxes)
@@ -304,8 +307,7 @@ def _layer(args, model, params, source, out: JobOutput, layer: str, top: dict, s
                                                   f"{layer} ch {ch}"))  # fmt: skip
         out.png(f"{stem}_top.png", patches[j, 0])
         out.png(f"{stem}_images.png", tile_grid(shown[j], ncols=min(args.top, 3), border=2))
-        v = viz_of.get(j, np.full((*model.preprocess.size, 3), 0.5))
-        big = upscale(v, max(1, -(-VIZ_PX // max(v.shape[:2]))))
+        big = upscale(viz[j], max(1, -(-VIZ_PX // max(viz.shape[1:3]))))
         out.png(f"{stem}_viz.png", (big * 255 + 0.5).astype(np.uint8))
         labels = [source.info(int(i)).label for i in top["image"][j][valid[j]]]
         hist: dict[str, int] = {}
@@ -342,7 +344,7 @@ def query_rows(labels: np.ndarray, n: int) -> np.ndarray:
     known = np.flatnonzero(labels >= 0)
     _, first = np.unique(labels[known], return_index=True)
     picks = [int(r) for r in known[np.sort(first)][:n]]
-    for row in [*np.linspace(0, len(labels) - 1, n).astype(int), *range(len(labels))]:
+    for row in itertools.chain(np.linspace(0, len(labels) - 1, n).astype(int), range(len(labels))):
         if len(picks) == n:
             break
         if row not in picks:
